@@ -1,0 +1,148 @@
+"""One command from pristine photos to the shipped critic:
+
+    python -m export.build            # ~1 h on 2 cores; caches under build/, resumable
+
+1. fold + fp16-round the ImageNet MobileNetV2 trunk and export it to ONNX (for fast data caching);
+2. synthesize and cache the train and dev samples (export.samples);
+3. train the projection and reasoner on oracle trajectories (export.train), fixed seeds;
+4. export: critic.npz (fp16 weights, all backends' shared tables, NumPy backend), encoder ONNX fp32 ->
+   static int8, reasoner ONNX fp32, reasoner GGUF Q8_0, each checked against the PyTorch reference;
+5. write the manifest (sha256 and size of every file, config, training log) and the golden vectors
+   that the parity tests read when torch is not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export import golden, manifest
+from export.data import pristine_photos, trunk_arrays
+from export.gguf_export import export as export_gguf
+from export.onnx_export import (
+    encoder_sqnr,
+    export_encoder,
+    export_reasoner,
+    export_trunk,
+    quantize_encoder,
+    verify_encoder,
+    verify_reasoner,
+)
+from export.samples import build as build_samples
+from export.samples import load_shards
+from export.train import train
+from kernels.model import TAP_BLOCKS, TAP_CELL, CriticConfig, init_head, mobilenet_blocks, round_to_half
+from qds_lite import protocol as P
+from qds_lite.model_store import BUNDLED_DIR, DEFAULT_MODEL
+
+SEED = 0
+
+
+def critic_config() -> CriticConfig:
+    return CriticConfig(vocab_size=P.VOCAB_SIZE, n_slots=P.N_SLOTS)
+
+
+def runtime_config(cfg: CriticConfig) -> dict:
+    """What a runtime needs to rebuild the model: the architecture travels inside the artifact."""
+    return cfg.to_dict() | {
+        "encoder_blocks": mobilenet_blocks(), "tap_blocks": list(TAP_BLOCKS), "tap_cells": list(TAP_CELL),
+        "vocab": list(P.VOCAB), "grid": P.GRID, "glance_size": P.GLANCE_SIZE, "zoom_size": P.ZOOM_SIZE,
+    }
+
+
+def calibration_views(data_split: str, n: int, seed: int) -> list[np.ndarray]:
+    """Glance and zoom views of a few dev photos (never test) for int8 calibration."""
+    from PIL import Image
+
+    from qds_lite.io import glance_view, zoom_window
+
+    rng = np.random.default_rng(seed)
+    views = []
+    for path in pristine_photos(data_split)[:n]:
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        views.append(glance_view(rgb))
+        views += [zoom_window(rgb, int(c))[0] for c in rng.choice(P.N_CELLS, 3, replace=False)]
+    return [v.astype(np.float32).transpose(2, 0, 1) / 255.0 for v in views]
+
+
+def export_all(weights: dict[str, np.ndarray], cfg: CriticConfig, out: Path, work: Path, training: dict,
+               int8_encoder: bool) -> None:
+    """Write and verify every shipped file, then the manifest and the golden vectors."""
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*"):
+        stale.unlink()
+    np.savez_compressed(out / "critic.npz", **{k: v.astype(np.float16) for k, v in weights.items()})
+    manifest.wrote(out / "critic.npz")
+    views = calibration_views("dev", 12, SEED)
+    enc_fp32 = work / "encoder.fp32.onnx"
+    export_encoder(weights, enc_fp32)
+    notes = {"encoder_fp32_max_abs": verify_encoder(weights, enc_fp32, views[:4], 1e-4)}
+    int8 = work / "encoder.int8.onnx"
+    quantize_encoder(enc_fp32, int8, views)
+    notes["encoder_int8_sqnr_db"] = round(encoder_sqnr(weights, int8, views), 1)
+    print(f"encoder: fp32 max abs {notes['encoder_fp32_max_abs']:.2e}; int8 SQNR {notes['encoder_int8_sqnr_db']} dB")
+    encoder = out / ("encoder.int8.onnx" if int8_encoder else "encoder.onnx")
+    shutil.copyfile(int8 if int8_encoder else enc_fp32, encoder)
+    manifest.wrote(encoder)
+    export_reasoner(weights, cfg, out / "reasoner.onnx")
+    notes["reasoner_onnx_max_abs"] = verify_reasoner(weights, cfg, out / "reasoner.onnx")
+    manifest.wrote(out / "reasoner.onnx")
+    export_gguf(weights, cfg, out / "reasoner.q8_0.gguf", qtype="q8_0", name=DEFAULT_MODEL)
+    manifest.write(out, name=DEFAULT_MODEL, config=runtime_config(cfg), training=training | {"export": notes})
+    golden.write(weights, cfg)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("build"), help="cache and scratch folder")
+    ap.add_argument("--out", type=Path, default=BUNDLED_DIR / DEFAULT_MODEL)
+    ap.add_argument("--variants", type=int, default=24, help="degraded variants per training photo")
+    ap.add_argument("--epochs", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--retrain", action="store_true", help="train even if build/head.npz matches the settings")
+    ap.add_argument("--int8-encoder", action="store_true",
+                    help="ship the static int8 encoder (off: it measured 11 dB SQNR and broke fp32 parity)")
+    a = ap.parse_args()
+    torch.manual_seed(SEED)
+    torch.set_num_threads(a.workers)
+    t0 = time.time()
+    a.work.mkdir(parents=True, exist_ok=True)
+
+    trunk = trunk_arrays()
+    trunk_onnx = a.work / "trunk.onnx"
+    export_trunk(trunk, trunk_onnx)
+    cache = a.work / "cache"
+    dev = load_shards(build_samples("dev", 8, cache, str(trunk_onnx), seed=SEED, workers=a.workers))
+    data = load_shards(build_samples("train", a.variants, cache, str(trunk_onnx), seed=SEED, workers=a.workers))
+    print(f"samples: train {len(data['kinds'])}, dev {len(dev['kinds'])}", flush=True)
+
+    cfg = critic_config()
+    settings = {"seed": SEED, "epochs": a.epochs, "variants": a.variants, "config": cfg.to_dict()}
+    head_path, log_path = a.work / "head.npz", a.work / "head.json"
+    if not a.retrain and log_path.exists() and json.loads(log_path.read_text())["settings"] == settings:
+        with np.load(head_path, allow_pickle=False) as z:
+            head = {k: z[k] for k in z.files}
+        history = json.loads(log_path.read_text())["history"]
+        print(f"reusing the trained head in {head_path} (--retrain to train again)")
+    else:
+        head, history = train(init_head(cfg, SEED), cfg, data, dev, epochs=a.epochs, seed=SEED)
+        np.savez(head_path, **head)
+        log_path.write_text(json.dumps({"settings": settings, "history": history}))
+    training = {
+        "command": "python -m export.build", **settings,
+        "samples": {"train": int(len(data["kinds"])), "dev": int(len(dev["kinds"]))},
+        "photos": {s: len(pristine_photos(s)) for s in ("train", "dev", "test")},
+        "history": history, "minutes": round((time.time() - t0) / 60, 1),
+    }
+    export_all(trunk | round_to_half(head), cfg, a.out, a.work, training, a.int8_encoder)
+    print(json.dumps(history[-1]))
+
+
+if __name__ == "__main__":
+    main()

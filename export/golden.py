@@ -1,0 +1,75 @@
+"""Golden vectors: reference inputs and PyTorch outputs that the parity tests read without torch.
+
+Like llm.c's state file: the reference writes a versioned file of inputs and outputs, the fallback's
+test only reads and compares it. Regenerate with ``python -m export.golden`` after changing the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from qds_lite import protocol as P
+from qds_lite.model_store import sha256_file
+
+GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden" / "reference.npz"
+GOLDEN_VERSION = 1
+
+
+def reference_views() -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic glance and zoom with edges, texture, gradients and noise (no external files)."""
+    rng = np.random.default_rng(1234)
+    yy, xx = np.mgrid[0:P.GLANCE_SIZE, 0:P.GLANCE_SIZE].astype(np.float32)
+    base = np.stack([xx, yy, (xx + yy) / 2], -1) * (255 / P.GLANCE_SIZE)
+    base[64:160, 96:200] = [200, 40, 60]
+    base += 12 * np.sin(xx / 3)[..., None] + rng.normal(0, 6, base.shape)
+    glance = np.clip(base, 0, 255).astype(np.uint8)
+    return glance, np.ascontiguousarray(glance[40:40 + P.ZOOM_SIZE, 70:70 + P.ZOOM_SIZE])
+
+
+def reference_embeddings(d_model: int, length: int = 40) -> np.ndarray:
+    return np.random.default_rng(99).standard_normal((length, d_model)).astype(np.float32)
+
+
+def compute(weights: dict[str, np.ndarray], cfg, device: str = "cpu") -> dict[str, np.ndarray]:
+    """Reference outputs for the golden inputs (device 'cuda' where a GPU is present).
+
+    torch is imported here, not at module level, so the tests can read GOLDEN without it."""
+    import torch
+
+    from kernels.model import encoder_forward, reasoner_forward, to_torch
+
+    p = to_torch(weights, device)
+    glance, zoom = reference_views()
+    out = {"glance": glance, "zoom": zoom, "embeddings": reference_embeddings(cfg.d_model)}
+    with torch.no_grad():
+        for name in ("glance", "zoom"):
+            x = torch.from_numpy(out[name].astype(np.float32).transpose(2, 0, 1)[None] / 255.0).to(device)
+            out[f"{name}_tokens"] = encoder_forward(p, x)[0].cpu().numpy()
+        x = torch.from_numpy(out["embeddings"][None]).to(device)
+        out["logits"] = reasoner_forward(p, cfg, x)[0].cpu().numpy()
+    return out
+
+
+def write(weights: dict[str, np.ndarray], cfg, path: Path = GOLDEN) -> None:
+    from export.manifest import wrote
+    from qds_lite.model_store import BUNDLED_DIR, DEFAULT_MODEL
+
+    out = compute(weights, cfg)
+    out["version"] = np.array(GOLDEN_VERSION)
+    out["weights_sha256"] = np.array(sha256_file(BUNDLED_DIR / DEFAULT_MODEL / "critic.npz"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **out)
+    wrote(path)
+
+
+def main() -> None:
+    from export.build import critic_config
+    from qds_lite.model_store import load_weights, resolve
+
+    write(load_weights(resolve()), critic_config())
+
+
+if __name__ == "__main__":
+    main()

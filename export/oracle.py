@@ -1,0 +1,69 @@
+"""Oracle trajectories: what a perfect critic would do with a synthesized sample.
+
+- zoom: the cells with the most full-reference damage (texture breaks ties, so a clean photo is
+  inspected where blur or noise would show), up to the zoom budget;
+- findings: one per applied degradation, most severe first, with its type, severity bin and box;
+- level: a quality target q in [1, 5] shared across degradation types, and a soft distribution
+  over the five levels around it (Q-Align style).
+
+The target q is a per-type-free severity -> quality curve: the synthesizer calibrates severity to be
+perceptually comparable across kinds, a local degradation counts less than a global one
+(area^0.4), and several degradations compound multiplicatively.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from export import synth
+from export.samples import KIND_NAMES
+from qds_lite import protocol as P
+
+LEVEL_SIGMA = 0.5  # width of the soft level target, in levels
+AREA_EXPONENT = 0.4
+
+
+def degradations(row: dict, i: int) -> list[tuple[str, float, tuple[int, int, int, int] | None]]:
+    """(finding type, severity, region) of sample i, most severe first."""
+    out = []
+    for k, s, reg in zip(row["kinds"][i], row["severity"][i], row["region"][i]):
+        if k < 0:
+            continue
+        region = None if reg[0] < 0 else tuple(int(v) for v in reg)
+        out.append((synth.KINDS[KIND_NAMES[k]], float(s), region))
+    return sorted(out, key=lambda d: -d[1])
+
+
+def area(region: tuple[int, int, int, int] | None) -> float:
+    if region is None:
+        return 1.0
+    c0, r0, c1, r1 = region
+    return (c1 - c0) * (r1 - r0) / P.N_CELLS
+
+
+def quality(degs: list[tuple[str, float, tuple | None]]) -> float:
+    keep = 1.0
+    for _, s, region in degs:
+        keep *= 1.0 - s * area(region) ** AREA_EXPONENT
+    return 1.0 + 4.0 * keep
+
+
+def level_distribution(q: float) -> np.ndarray:
+    levels = np.arange(1, len(P.LEVELS) + 1)
+    p = np.exp(-0.5 * ((levels - q) / LEVEL_SIGMA) ** 2)
+    return (p / p.sum()).astype(np.float32)
+
+
+def region_cells(region: tuple[int, int, int, int] | None) -> tuple[int, int]:
+    if region is None:
+        return 0, P.N_CELLS - 1
+    c0, r0, c1, r1 = region
+    return r0 * P.GRID + c0, (r1 - 1) * P.GRID + (c1 - 1)
+
+
+def finding_tokens(degs: list[tuple[str, float, tuple | None]]) -> list[int]:
+    out = []
+    for kind, s, region in degs[:P.MAX_FINDINGS]:
+        tl, br = region_cells(region)
+        out += [P.FIND, P.TYPE0 + P.FINDING_TYPES.index(kind), P.SEV0 + P.severity_bin(s), P.CELL0 + tl, P.CELL0 + br]
+    return out

@@ -1,0 +1,175 @@
+"""Supervised training of the critic's projection and reasoner on oracle trajectories.
+
+The encoder trunk is the frozen ImageNet MobileNetV2 (its pooled features are cached by
+export.samples), so a step only runs the projection MLP and the small decoder: minutes on 2 cores.
+
+Loss per trajectory: cross-entropy on every token the reasoner chooses (zoom or stop, which cell,
+finding type / severity / box, when to answer), each over the tokens the grammar allows there, plus
+the KL divergence of the level distribution from the oracle's soft level target. Zoom counts are
+randomly truncated (the runtime's --zooms budget) and zooms sometimes land on non-oracle cells, so the
+level head learns to judge from whatever evidence it got.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+
+from export import oracle
+from export.samples import ORACLE_CELLS
+from kernels.model import CriticConfig, embed_sequence, project_features, reasoner_forward
+from qds_lite import protocol as P
+
+SEQ_LEN = 1 + P.GLANCE_TOKENS + P.DEFAULT_ZOOMS * (2 + P.ZOOM_TOKENS) + 1 + 5 * P.MAX_FINDINGS + 1
+LEVEL_WEIGHT = 2.0
+
+
+def allowed_mask(grammar: P.Grammar) -> np.ndarray:
+    m = np.zeros(P.VOCAB_SIZE, bool)
+    m[list(grammar.allowed())] = True
+    return m
+
+
+def build_sequences(data: dict[str, np.ndarray], rng: np.random.Generator, augment: bool) -> dict[str, np.ndarray]:
+    """Teacher-forcing tensors for every sample (see module docstring)."""
+    n = len(data["kinds"])
+    tok = np.zeros((n, SEQ_LEN), np.int64)
+    slot = np.full((n, SEQ_LEN), -1, np.int64)
+    feat_src = np.full((n, SEQ_LEN, 2), -1, np.int64)  # (zoom index or -1 for glance, sub-token)
+    target = np.full((n, SEQ_LEN), -100, np.int64)
+    allowed = np.zeros((n, SEQ_LEN, P.VOCAB_SIZE), bool)
+    level_pos = np.zeros(n, np.int64)
+    level_target = np.zeros((n, len(P.LEVELS)), np.float32)
+    for i in range(n):
+        degs = oracle.degradations(data, i)
+        n_zoom = P.DEFAULT_ZOOMS
+        zoom_idx = list(range(P.DEFAULT_ZOOMS))  # indices into the cached zooms (oracle order)
+        if augment:
+            if rng.random() < 0.3:
+                n_zoom = int(rng.integers(0, P.DEFAULT_ZOOMS))
+            if rng.random() < 0.25:  # a zoom that missed: one of the random cells instead
+                missed = int(rng.integers(ORACLE_CELLS, data["zoom_cells"].shape[1]))
+                zoom_idx[int(rng.integers(0, P.DEFAULT_ZOOMS))] = missed
+        g = P.Grammar(n_zoom)
+        t = 0
+
+        def put(token: int, predicted: bool = True, i: int = i, g: P.Grammar = g) -> None:
+            nonlocal t
+            if predicted:
+                allowed[i, t - 1] = allowed_mask(g)
+                target[i, t - 1] = token
+                g.advance(token)
+            tok[i, t] = token
+            t += 1
+
+        put(P.BOS, predicted=False)
+        for c in range(P.GLANCE_TOKENS):
+            slot[i, t], feat_src[i, t] = P.GLANCE_SLOT0 + c, (-1, c)
+            t += 1
+        g.begin()
+        for z in zoom_idx[:n_zoom]:
+            put(P.ZOOM)
+            cell = int(data["zoom_cells"][i, z])
+            oracle_choice = z < ORACLE_CELLS
+            put(P.CELL0 + cell)
+            if not oracle_choice:
+                target[i, t - 2] = -100  # do not teach the reasoner to pick a random cell
+            for j in range(P.ZOOM_TOKENS):
+                slot[i, t], feat_src[i, t] = P.ZOOM_SLOT0 + j, (z, j)
+                t += 1
+        put(P.STOP)
+        for token in oracle.finding_tokens(degs):
+            put(token)
+        put(P.LEVEL)
+        level_pos[i] = t - 1
+        level_target[i] = oracle.level_distribution(oracle.quality(degs))
+    return {"tok": tok, "slot": slot, "feat_src": feat_src, "target": target, "allowed": allowed,
+            "level_pos": level_pos, "level_target": level_target}
+
+
+def gather_features(data: dict[str, np.ndarray], seq: dict[str, np.ndarray], idx: np.ndarray) -> torch.Tensor:
+    src = seq["feat_src"][idx]
+    glance = data["glance"][idx]  # (B, 16, F)
+    zooms = data["zooms"][idx]  # (B, Z, 4, F)
+    b = np.arange(len(idx))[:, None]
+    zi, sub = src[..., 0], src[..., 1]
+    from_glance = glance[b, np.clip(sub, 0, None)]
+    from_zoom = zooms[b, np.clip(zi, 0, None), np.clip(sub, 0, P.ZOOM_TOKENS - 1)]
+    f = np.where((zi < 0)[..., None], from_glance, from_zoom)
+    return torch.from_numpy(f.astype(np.float32))
+
+
+def forward(params: dict[str, torch.Tensor], cfg: CriticConfig, data, seq, idx) -> torch.Tensor:
+    feats = gather_features(data, seq, idx)
+    visual = project_features(params, feats)
+    x = embed_sequence(params, torch.from_numpy(seq["tok"][idx]), visual, torch.from_numpy(seq["slot"][idx]))
+    return reasoner_forward(params, cfg, x)
+
+
+def losses(logits: torch.Tensor, seq, idx) -> tuple[torch.Tensor, torch.Tensor]:
+    allowed = torch.from_numpy(seq["allowed"][idx])
+    target = torch.from_numpy(seq["target"][idx])
+    masked = logits.masked_fill(~allowed, -1e9)
+    ce = F.cross_entropy(masked.reshape(-1, P.VOCAB_SIZE), target.reshape(-1), ignore_index=-100)
+    lp = logits[torch.arange(len(idx)), torch.from_numpy(seq["level_pos"][idx])][:, list(P.LEVEL_IDS)]
+    kl = F.kl_div(lp.log_softmax(-1), torch.from_numpy(seq["level_target"][idx]), reduction="batchmean")
+    return ce, kl
+
+
+def expected_level(logits: torch.Tensor, seq, idx) -> np.ndarray:
+    lp = logits[torch.arange(len(idx)), torch.from_numpy(seq["level_pos"][idx])][:, list(P.LEVEL_IDS)]
+    return (lp.softmax(-1) * torch.arange(1, 6)).sum(-1).numpy()
+
+
+def evaluate(params, cfg, data, seq) -> dict[str, float]:
+    """Teacher-forced figures on a held-out split (model selection only; the benchmark runs the real loop)."""
+    idx = np.arange(len(seq["tok"]))
+    with torch.no_grad():
+        logits = forward(params, cfg, data, seq, idx)
+        ce, kl = losses(logits, seq, idx)
+        pred = expected_level(logits, seq, idx)
+    q = (seq["level_target"] * np.arange(1, 6)).sum(-1)
+    return {"ce": float(ce), "kl": float(kl), "srcc": float(spearmanr(pred, q)[0])}
+
+
+def train(head: dict[str, np.ndarray], cfg: CriticConfig, data, dev, *, epochs: int, batch: int = 64,
+          lr: float = 2e-3, seed: int = 0, log=print) -> tuple[dict[str, np.ndarray], list[dict]]:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    params = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in head.items()}
+    opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    n = len(data["kinds"])
+    steps = epochs * math.ceil(n / batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    dev_seq = build_sequences(dev, np.random.default_rng(seed), augment=False)
+    history, best, best_state = [], -1.0, None
+    t0 = time.time()
+    for epoch in range(epochs):
+        seq = build_sequences(data, rng, augment=True)
+        order = rng.permutation(n)
+        tot = 0.0
+        for s in range(0, n, batch):
+            idx = order[s:s + batch]
+            ce, kl = losses(forward(params, cfg, data, seq, idx), seq, idx)
+            loss = ce + LEVEL_WEIGHT * kl
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
+            opt.step()
+            sched.step()
+            tot += loss.item() * len(idx)
+        ev = evaluate(params, cfg, dev, dev_seq)
+        rec = {"epoch": epoch + 1, "train_loss": tot / n, **{f"dev_{k}": v for k, v in ev.items()},
+               "seconds": round(time.time() - t0, 1)}
+        history.append(rec)
+        log(json.dumps(rec))
+        score = ev["srcc"] - ev["ce"]  # select on level ranking and trajectory likelihood together
+        if score > best:
+            best, best_state = score, {k: v.detach().numpy().copy() for k, v in params.items()}
+    return best_state, history

@@ -1,0 +1,218 @@
+"""The PyTorch reference of the small critic: encoder (visual tokens) and reasoner (trace decoder).
+
+This is the maths every backend is tested against. Parameters live in one flat ``dict[str, array]``
+whose names are shared with the NumPy backend and the exporters (``state_arrays`` / ``from_arrays``),
+so there is no per-backend renaming.
+
+Encoder: the first 14 blocks of an ImageNet MobileNetV2 (batch-norm folded into the convolutions),
+tapped after block 6 (32 channels, stride 8) and block 13 (96 channels, stride 16). Each tap is pooled
+into a grid of cells (4x4 for the 256 px glance, 2x2 for a 128 px zoom; a cell is always 8x8 / 4x4
+feature pixels) by mean and standard deviation, giving 256 numbers per cell, which a two-layer MLP
+turns into a ``d_model`` visual token.
+
+Reasoner: a Llama-style decoder (RMSNorm, rotary attention rotating *adjacent* pairs as llama.cpp's
+``llama`` architecture does, SwiGLU) over the protocol's vocabulary plus visual-token embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# MobileNetV2 inverted-residual settings (expand ratio t, channels c, repeats n, first stride s).
+_MBV2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1))
+TAP_BLOCKS = (6, 13)  # feature taps: end of block 6 (32 ch, stride 8) and block 13 (96 ch, stride 16)
+TAP_CELL = (8, 4)  # feature pixels per cell side at each tap (glance 256 px -> 4x4 cells, zoom 128 -> 2x2)
+
+
+def mobilenet_blocks() -> list[tuple[int, int, int, int]]:
+    """(in_ch, out_ch, expand_ratio, stride) of blocks 1..13."""
+    blocks, cin = [], 32
+    for t, c, n, s in _MBV2:
+        for i in range(n):
+            blocks.append((cin, c, t, s if i == 0 else 1))
+            cin = c
+    return blocks
+
+
+@dataclass(frozen=True)
+class CriticConfig:
+    feat_dim: int = 2 * (32 + 96)  # mean and std of both taps
+    proj_hidden: int = 256
+    d_model: int = 128
+    n_layers: int = 3
+    n_heads: int = 4
+    ffn_dim: int = 384
+    vocab_size: int = 0  # filled from qds_lite.protocol
+    n_slots: int = 0
+    rms_eps: float = 1e-5
+    rope_theta: float = 10000.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- encoder ----------------------------------------------------------------------------------
+def encoder_forward(p: dict[str, torch.Tensor], pixels: torch.Tensor) -> torch.Tensor:
+    """pixels: (N, 3, H, W) float in [0, 1] -> visual tokens (N, cells, d_model).
+
+    H and W must be multiples of 32 (glance 256, zoom 128)."""
+    return project_features(p, trunk_features(p, pixels))
+
+
+def trunk_features(p: dict[str, torch.Tensor], pixels: torch.Tensor) -> torch.Tensor:
+    """pixels (N, 3, H, W) in [0, 1] -> pooled trunk features (N, cells, feat_dim)."""
+    mean = pixels.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = pixels.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    x = (pixels - mean) / std
+    x = F.relu6(F.conv2d(x, p["enc.conv0.w"], p["enc.conv0.b"], stride=2, padding=1))
+    taps = []
+    for i, (cin, cout, t, s) in enumerate(mobilenet_blocks(), start=1):
+        h = x
+        if t != 1:
+            h = F.relu6(F.conv2d(h, p[f"enc.b{i}.expand.w"], p[f"enc.b{i}.expand.b"]))
+        h = F.relu6(F.conv2d(h, p[f"enc.b{i}.dw.w"], p[f"enc.b{i}.dw.b"], stride=s, padding=1, groups=h.shape[1]))
+        h = F.conv2d(h, p[f"enc.b{i}.project.w"], p[f"enc.b{i}.project.b"])
+        x = x + h if (s == 1 and cin == cout) else h
+        if i in TAP_BLOCKS:
+            taps.append(x)
+    return pool_features(taps)
+
+
+def pool_features(taps: list[torch.Tensor]) -> torch.Tensor:
+    """Mean and std of each tap over each cell -> (N, cells, feat_dim)."""
+    feats = []
+    for x, cell in zip(taps, TAP_CELL):
+        m = F.avg_pool2d(x, cell)
+        v = (F.avg_pool2d(x * x, cell) - m * m).clamp_min(0.0)
+        feats += [m, torch.sqrt(v + 1e-6)]
+    f = torch.cat(feats, dim=1)  # (N, feat_dim, gh, gw)
+    return f.flatten(2).transpose(1, 2)
+
+
+def project_features(p: dict[str, torch.Tensor], f: torch.Tensor) -> torch.Tensor:
+    h = F.silu(f @ p["proj.w1"].T + p["proj.b1"])
+    return h @ p["proj.w2"].T + p["proj.b2"]
+
+
+# --- reasoner ---------------------------------------------------------------------------------
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * w
+
+
+def rope_tables(n_pos: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    inv = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    ang = torch.arange(n_pos, dtype=torch.float64)[:, None] * inv[None, :]
+    return torch.cos(ang).float(), torch.sin(ang).float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: (..., T, n_heads, head_dim); rotates adjacent pairs (x[2i], x[2i+1]) by angle pos*theta^(-2i/d)."""
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    c, s = cos[:, None, :], sin[:, None, :]
+    out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1)
+    return out.flatten(-2)
+
+
+def reasoner_forward(p: dict[str, torch.Tensor], cfg: CriticConfig, x: torch.Tensor,
+                     key_padding: torch.Tensor | None = None) -> torch.Tensor:
+    """x: (B, T, d_model) input embeddings -> logits (B, T, vocab). Causal."""
+    B, T, d = x.shape
+    hd = d // cfg.n_heads
+    cos, sin = rope_tables(T, hd, cfg.rope_theta)
+    cos, sin = cos.to(x.device), sin.to(x.device)
+    mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+    for li in range(cfg.n_layers):
+        h = rms_norm(x, p[f"dec.{li}.attn_norm"], cfg.rms_eps)
+        q = (h @ p[f"dec.{li}.wq"].T).view(B, T, cfg.n_heads, hd)
+        k = (h @ p[f"dec.{li}.wk"].T).view(B, T, cfg.n_heads, hd)
+        v = (h @ p[f"dec.{li}.wv"].T).view(B, T, cfg.n_heads, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        att = torch.einsum("bthd,bshd->bhts", q, k) / math.sqrt(hd)
+        att = att.masked_fill(~mask, float("-inf")).softmax(-1)
+        o = torch.einsum("bhts,bshd->bthd", att, v).reshape(B, T, d)
+        x = x + o @ p[f"dec.{li}.wo"].T
+        h = rms_norm(x, p[f"dec.{li}.ffn_norm"], cfg.rms_eps)
+        x = x + (F.silu(h @ p[f"dec.{li}.w_gate"].T) * (h @ p[f"dec.{li}.w_up"].T)) @ p[f"dec.{li}.w_down"].T
+    x = rms_norm(x, p["dec.out_norm"], cfg.rms_eps)
+    return x @ p["dec.output"].T
+
+
+def embed_sequence(p: dict[str, torch.Tensor], token_ids: torch.Tensor, visual: torch.Tensor,
+                   slots: torch.Tensor) -> torch.Tensor:
+    """Input embeddings: token rows from ``dec.tok_embd`` where ``slots < 0``, else visual token + slot embedding.
+
+    token_ids, slots: (B, T) int64; visual: (B, T, d) (rows where slots < 0 are ignored)."""
+    tok = p["dec.tok_embd"][token_ids.clamp_min(0)]
+    vis = visual + p["dec.slot_embd"][slots.clamp_min(0)]
+    return torch.where((slots >= 0)[..., None], vis, tok)
+
+
+# --- parameters -------------------------------------------------------------------------------
+def fold_mobilenet(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """torchvision MobileNetV2 state dict -> our encoder trunk with batch norm folded in (eval mode)."""
+
+    def fold(conv: str, bn: str) -> tuple[np.ndarray, np.ndarray]:
+        w = state[f"{conv}.weight"].double()
+        g, b = state[f"{bn}.weight"].double(), state[f"{bn}.bias"].double()
+        m, v = state[f"{bn}.running_mean"].double(), state[f"{bn}.running_var"].double()
+        scale = g / torch.sqrt(v + 1e-5)
+        return (w * scale.view(-1, 1, 1, 1)).float().numpy(), (b - m * scale).float().numpy()
+
+    out = {}
+    out["enc.conv0.w"], out["enc.conv0.b"] = fold("features.0.0", "features.0.1")
+    for i, (_, _, t, _) in enumerate(mobilenet_blocks(), start=1):
+        pre = f"features.{i}.conv"
+        names = ([("expand", f"{pre}.0.0", f"{pre}.0.1")] if t != 1 else []) + [
+            ("dw", f"{pre}.{1 if t != 1 else 0}.0", f"{pre}.{1 if t != 1 else 0}.1"),
+            ("project", f"{pre}.{2 if t != 1 else 1}", f"{pre}.{3 if t != 1 else 2}"),
+        ]
+        for name, conv, bn in names:
+            out[f"enc.b{i}.{name}.w"], out[f"enc.b{i}.{name}.b"] = fold(conv, bn)
+    return out
+
+
+def init_head(cfg: CriticConfig, seed: int) -> dict[str, np.ndarray]:
+    """Random init of the trainable projection and reasoner (GPT-2-style small normal init)."""
+    rng = np.random.default_rng(seed)
+
+    def lin(o: int, i: int, scale: float = 1.0) -> np.ndarray:
+        return (rng.standard_normal((o, i)) * scale / math.sqrt(i)).astype(np.float32)
+
+    d = cfg.d_model
+    p = {
+        "proj.w1": lin(cfg.proj_hidden, cfg.feat_dim), "proj.b1": np.zeros(cfg.proj_hidden, np.float32),
+        "proj.w2": lin(d, cfg.proj_hidden), "proj.b2": np.zeros(d, np.float32),
+        "dec.tok_embd": (rng.standard_normal((cfg.vocab_size, d)) * 0.5).astype(np.float32),
+        "dec.slot_embd": (rng.standard_normal((cfg.n_slots, d)) * 0.1).astype(np.float32),
+        "dec.out_norm": np.ones(d, np.float32),
+        "dec.output": lin(cfg.vocab_size, d),
+    }
+    res = 1.0 / math.sqrt(2 * cfg.n_layers)
+    for li in range(cfg.n_layers):
+        p |= {
+            f"dec.{li}.attn_norm": np.ones(d, np.float32), f"dec.{li}.ffn_norm": np.ones(d, np.float32),
+            f"dec.{li}.wq": lin(d, d), f"dec.{li}.wk": lin(d, d), f"dec.{li}.wv": lin(d, d),
+            f"dec.{li}.wo": lin(d, d, res), f"dec.{li}.w_gate": lin(cfg.ffn_dim, d),
+            f"dec.{li}.w_up": lin(cfg.ffn_dim, d), f"dec.{li}.w_down": lin(d, cfg.ffn_dim, res),
+        }
+    return p
+
+
+def round_to_half(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Round weights to float16-representable float32 values.
+
+    The shipped critic stores weights as float16 (half the size); making the reference use exactly
+    those values keeps every fp32 parity check exact instead of off by storage rounding."""
+    return {k: v.astype(np.float16).astype(np.float32) for k, v in arrays.items()}
+
+
+def to_torch(arrays: dict[str, np.ndarray], device: str = "cpu") -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in arrays.items()}

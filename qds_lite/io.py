@@ -1,0 +1,357 @@
+"""Turn whatever the user hands us into oriented sRGB uint8 pixels, or one clear ImageLoadError.
+
+Also defines the two views the critic looks at: the glance (whole image, squashed to a square) and
+the zoom (a window of native pixels around a grid cell). Training uses the same two functions.
+
+Only numpy, Pillow and the standard library are imported here (never torch).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps
+
+from .errors import ImageLoadError, QdsError
+from .protocol import GLANCE_SIZE, N_CELLS, ZOOM_SIZE, cell_box
+
+try:  # LittleCMS is optional in some Pillow builds; without it ICC profiles are ignored.
+    from PIL import ImageCms
+except ImportError:  # pragma: no cover - depends on the Pillow build
+    ImageCms = None  # type: ignore[assignment]
+
+MAX_PIXELS_DEFAULT = 200_000_000  # refuse larger images before decoding; env QDS_MAX_PIXELS overrides
+
+_STRIP_PIXELS = 4_000_000  # pixels copied out of Pillow per strip (bounds the extra memory)
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_REFUSED_FORMATS = {"EPS"}  # Pillow decodes these by running an external program (Ghostscript)
+# Pillow's plugins raise any of these on malformed input, depending on the format and the damage.
+_DECODE_ERRORS = (
+    OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, struct.error,
+    ZeroDivisionError, NotImplementedError,
+)
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    name: str  # display name (file name, or "<bytes>", "<array>", "<PIL.Image>")
+    pixels: np.ndarray  # full-resolution oriented RGB uint8, HxWx3, C-contiguous
+    original_size: tuple[int, int]  # (width, height) after orientation
+    glance: np.ndarray  # GLANCE_SIZE x GLANCE_SIZE x 3 uint8 view of the whole image
+
+
+Source = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
+
+
+def load_image(source: Source, *, max_pixels: int | None = None) -> LoadedImage:
+    """Load ``source`` as oriented sRGB RGB uint8 pixels plus its glance view.
+
+    Files and bytes are identified by content, decoded once at full resolution (zooms need native
+    pixels), EXIF-oriented, converted to sRGB when they carry an ICC profile, and flattened onto
+    white when they have alpha. Images above ``max_pixels`` (default: env ``QDS_MAX_PIXELS`` or
+    ``MAX_PIXELS_DEFAULT``) are refused before decoding. An ndarray input is used as is (no copy
+    when it is already C-contiguous HxWx3 uint8, so do not modify it while the result is in use).
+    """
+    if isinstance(source, np.ndarray):
+        return _from_array(source)
+    if isinstance(source, Image.Image):
+        name, img, owned = "<PIL.Image>", source, False
+        _check_size(img.size, name, _pixel_limit(max_pixels))
+        _pillow_call(name, img, img.load)
+    else:
+        name, data = _read_source(source)
+        img, owned = _open(data, name, _pixel_limit(max_pixels)), True
+    img = _to_srgb(img, name, owned)
+    return LoadedImage(name, _to_array(img), img.size, _glance_of(img))
+
+
+def fast_glance(source: str | os.PathLike | bytes, *, max_pixels: int | None = None) -> np.ndarray:
+    """Approximate glance for triage: JPEGs are decoded at reduced size with Pillow's ``draft``.
+
+    The DCT-domain downscale differs slightly from resizing the full image, so this is *not* what
+    :func:`load_image` (and training) use; it is for cheap ranking of many files. Other formats are
+    decoded in full, exactly as by ``load_image``.
+    """
+    name, data = _read_source(source)
+    img = _open(data, name, _pixel_limit(max_pixels), draft=(GLANCE_SIZE, GLANCE_SIZE))
+    return _glance_of(_to_srgb(img, name, owned=True))
+
+
+def glance_view(pixels: np.ndarray) -> np.ndarray:
+    """The whole image resized (aspect not kept) to GLANCE_SIZE x GLANCE_SIZE x 3 uint8."""
+    return _glance_of(Image.fromarray(_check_rgb(pixels)))
+
+
+def zoom_window(pixels: np.ndarray, cell: int) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """The ZOOM_SIZE x ZOOM_SIZE window of native pixels centred on grid cell ``cell``.
+
+    The window is shifted as needed to lie inside the image. Returns a C-contiguous copy and its
+    box (x0, y0, x1, y1) in ``pixels`` coordinates. An image smaller than ZOOM_SIZE in either
+    dimension is first upscaled (bicubic, aspect kept) so that its short side is ZOOM_SIZE; the
+    returned box then maps the window back onto the original image (rounded outwards), so it is
+    smaller than ZOOM_SIZE there.
+    """
+    pixels = _check_rgb(pixels)
+    if not 0 <= cell < N_CELLS:
+        raise ValueError(f"cell must be in 0..{N_CELLS - 1}, got {cell}")
+    h, w = pixels.shape[:2]
+    scale = max(1.0, ZOOM_SIZE / min(h, w))
+    view = pixels
+    if scale > 1.0:
+        size = (max(ZOOM_SIZE, round(w * scale)), max(ZOOM_SIZE, round(h * scale)))
+        view = np.asarray(Image.fromarray(pixels).resize(size, Image.BICUBIC))
+    vh, vw = view.shape[:2]
+    fx0, fy0, fx1, fy1 = cell_box(cell)
+    x0 = min(max(math.floor((fx0 + fx1) / 2 * vw - ZOOM_SIZE / 2 + 0.5), 0), vw - ZOOM_SIZE)
+    y0 = min(max(math.floor((fy0 + fy1) / 2 * vh - ZOOM_SIZE / 2 + 0.5), 0), vh - ZOOM_SIZE)
+    window = np.array(view[y0:y0 + ZOOM_SIZE, x0:x0 + ZOOM_SIZE], order="C")
+    if scale == 1.0:
+        return window, (x0, y0, x0 + ZOOM_SIZE, y0 + ZOOM_SIZE)
+    sx, sy = w / vw, h / vh
+    box = (
+        math.floor(x0 * sx), math.floor(y0 * sy),
+        min(w, math.ceil((x0 + ZOOM_SIZE) * sx)), min(h, math.ceil((y0 + ZOOM_SIZE) * sy)),
+    )
+    return window, box
+
+
+# --- internals ---------------------------------------------------------------------------------
+def _pixel_limit(max_pixels: int | None) -> int:
+    if max_pixels is not None:
+        if max_pixels <= 0:
+            raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+        return max_pixels
+    env = os.environ.get("QDS_MAX_PIXELS")
+    if env is None or not env.strip():
+        return MAX_PIXELS_DEFAULT
+    try:
+        limit = int(env)
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        raise QdsError(f"QDS_MAX_PIXELS must be a positive integer, got {env!r}")
+    return limit
+
+
+def _check_size(size: tuple[int, int], name: str, limit: int) -> None:
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise ImageLoadError(f"{name}: empty image ({w} x {h} pixels)")
+    if w * h > limit:
+        raise ImageLoadError(
+            f"{name}: image too large ({w} x {h} = {w * h} pixels > limit {limit}); "
+            "set QDS_MAX_PIXELS to raise the limit"
+        )
+
+
+def _read_source(source: str | os.PathLike | bytes | bytearray | memoryview) -> tuple[str, bytes]:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name, data = "<bytes>", bytes(source)
+    elif isinstance(source, (str, os.PathLike)):
+        path = os.fsdecode(source)
+        name = os.path.basename(path.rstrip("/" + os.sep)) or path
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise ImageLoadError(f"{name}: file not found") from None
+        except PermissionError:
+            raise ImageLoadError(f"{name}: permission denied") from None
+        except IsADirectoryError:
+            raise ImageLoadError(f"{name}: is a directory") from None
+        except OSError as e:
+            raise ImageLoadError(f"{name}: cannot read file ({e.strerror or e})") from e
+    else:
+        raise TypeError(f"cannot load an image from {type(source).__name__}")
+    if not data:
+        raise ImageLoadError(f"{name}: empty file")
+    return name, data
+
+
+_bomb_lock = threading.Lock()
+_bomb_depth = 0
+_bomb_saved: int | None = None
+
+
+@contextmanager
+def _pillow_bomb_check_off() -> Iterator[None]:
+    """Switch off Pillow's global MAX_IMAGE_PIXELS check while we decode: our own limit decides.
+
+    Reference-counted so that concurrent loads in threads neither serialise nor restore early.
+    """
+    global _bomb_depth, _bomb_saved
+    with _bomb_lock:
+        if _bomb_depth == 0:
+            _bomb_saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        _bomb_depth += 1
+    try:
+        yield
+    finally:
+        with _bomb_lock:
+            _bomb_depth -= 1
+            if _bomb_depth == 0:
+                Image.MAX_IMAGE_PIXELS = _bomb_saved
+
+
+def _pillow_call(name: str, img: Image.Image | None, fn, *args, **kwargs):
+    """Run a Pillow call, translating what it raises on bad input into ImageLoadError."""
+    fmt = getattr(img, "format", None) or "image"
+    try:
+        with _pillow_bomb_check_off():
+            return fn(*args, **kwargs)
+    except ImageLoadError:
+        raise
+    except Image.UnidentifiedImageError:
+        raise ImageLoadError(f"{name}: not an image file (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageLoadError(
+            f"{name}: image too large ({e}); set QDS_MAX_PIXELS to raise the limit"
+        ) from e
+    except MemoryError:
+        size = f" ({img.size[0]} x {img.size[1]})" if img is not None else ""
+        raise ImageLoadError(f"{name}: not enough memory to decode the image{size}") from None
+    except _DECODE_ERRORS as e:
+        detail = " ".join(str(e).split()) or type(e).__name__
+        if "truncat" in detail.lower():
+            raise ImageLoadError(f"{name}: truncated {fmt} data") from e
+        raise ImageLoadError(f"{name}: corrupt {fmt} data ({detail})") from e
+
+
+def _open(data: bytes, name: str, limit: int, draft: tuple[int, int] | None = None) -> Image.Image:
+    """Identify by content, refuse oversize images from the header, then decode fully (first frame)."""
+    Image.init()  # registers the plugins, so Image.ID lists them (and any added by third parties)
+    formats = [f for f in Image.ID if f not in _REFUSED_FORMATS]
+    img = _pillow_call(name, None, Image.open, io.BytesIO(data), formats=formats)
+    _check_size(img.size, name, limit)
+    if draft is not None:
+        _pillow_call(name, img, img.draft, "RGB", draft)
+    _pillow_call(name, img, img.load)  # full decode now, so truncation shows up here
+    return img
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = img.getexif().get(ExifTags.Base.Orientation, 1)
+    except _DECODE_ERRORS:  # unreadable EXIF: the pixels are still fine, show them unrotated
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _to_srgb(img: Image.Image, name: str, owned: bool) -> Image.Image:
+    """Orient, flatten alpha onto white, reduce bit depth and colour-manage to sRGB 8-bit RGB.
+
+    ``owned`` says whether ``img`` may be modified in place (never a caller's PIL image).
+    """
+    icc = img.info.get("icc_profile")
+    if _orientation(img) != 1:
+        if owned:
+            _pillow_call(name, img, ImageOps.exif_transpose, img, in_place=True)
+        else:
+            img, owned = _pillow_call(name, img, ImageOps.exif_transpose, img), True
+    if img.mode in _SIXTEEN_BIT_MODES or img.mode == "F":
+        values, key = np.asarray(img), img.info.get("transparency")
+        img, owned = Image.fromarray(_high_depth_to_u8(values, img.mode)), True
+        if isinstance(key, int):  # 16-bit PNG tRNS: one grey value is transparent
+            img = _on_white(img, Image.fromarray(np.where(values == key, 0, 255).astype(np.uint8)))
+    elif img.mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = _convert(img, "RGBA", name)
+        img, owned = _on_white(rgba, rgba.getchannel("A")), True
+    if icc and ImageCms is not None and img.mode in ("RGB", "L", "CMYK"):
+        transform = _icc_transform(bytes(icc), img.mode)
+        if transform is not None:
+            img = ImageCms.applyTransform(img, transform, inPlace=owned and img.mode == "RGB") or img
+    return img if img.mode == "RGB" else _convert(img, "RGB", name)
+
+
+def _convert(img: Image.Image, mode: str, name: str) -> Image.Image:
+    try:
+        return img.convert(mode)
+    except ValueError as e:
+        raise ImageLoadError(f"{name}: unsupported pixel mode {img.mode}") from e
+
+
+def _on_white(img: Image.Image, alpha: Image.Image) -> Image.Image:
+    """Composite onto white: what a viewer shows for transparent areas of a photo."""
+    out = Image.new("RGB", img.size, (255, 255, 255))
+    out.paste(img, mask=alpha)
+    return out
+
+
+def _high_depth_to_u8(a: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit (I;16*, and I, read as 0..65535) or float (F) grey -> 8-bit grey.
+
+    16-bit values are scaled by 255/65535 (= /257, rounded), so 65535 -> 255, not clipped.
+    Float data whose maximum is <= 1 is taken as 0..1, otherwise as 0..255.
+    """
+    if mode == "F":
+        a = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+        if a.size and float(a.max()) <= 1.0:
+            a = a * 255.0
+        return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    a = np.clip(a, 0, 65535).astype(np.uint32)
+    return ((a * 255 + 32767) // 65535).astype(np.uint8)
+
+
+@lru_cache(maxsize=8)
+def _icc_transform(icc: bytes, mode: str):
+    """Transform from an embedded profile to sRGB, or None when the profile is unusable."""
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        dst = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+        return ImageCms.buildTransform(src, dst, mode, "RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return None  # broken or mismatched profile (e.g. a CMYK profile on RGB data): keep values
+
+
+def _to_array(img: Image.Image) -> np.ndarray:
+    """Copy an RGB image into a fresh HxWx3 array strip by strip (no whole-image bytes copy)."""
+    w, h = img.size
+    out = np.empty((h, w, 3), np.uint8)
+    step = max(1, _STRIP_PIXELS // w)
+    for y0 in range(0, h, step):
+        y1 = min(h, y0 + step)
+        strip = img if (y0, y1) == (0, h) else img.crop((0, y0, w, y1))
+        out[y0:y1] = np.frombuffer(strip.tobytes(), np.uint8).reshape(y1 - y0, w, 3)
+    return out
+
+
+def _glance_of(img: Image.Image) -> np.ndarray:
+    small = img.resize((GLANCE_SIZE, GLANCE_SIZE), Image.BILINEAR, reducing_gap=2.0)
+    return np.array(small, dtype=np.uint8)
+
+
+def _check_rgb(pixels: np.ndarray) -> np.ndarray:
+    if not (isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8 and pixels.ndim == 3
+            and pixels.shape[2] == 3 and pixels.shape[0] > 0 and pixels.shape[1] > 0):
+        shape = getattr(pixels, "shape", None)
+        raise ValueError(f"expected an HxWx3 uint8 array, got {type(pixels).__name__} {shape}")
+    return np.ascontiguousarray(pixels)
+
+
+def _from_array(a: np.ndarray) -> LoadedImage:
+    name = "<array>"
+    if a.dtype != np.uint8:
+        raise ImageLoadError(f"{name}: unsupported array dtype {a.dtype} (expected uint8)")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
+        raise ImageLoadError(f"{name}: unsupported array shape {a.shape} (expected HxW, HxWx3 or HxWx4)")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ImageLoadError(f"{name}: empty image ({a.shape[1]} x {a.shape[0]} pixels)")
+    if a.ndim == 2:
+        pixels = np.repeat(a[:, :, None], 3, axis=2)
+    elif a.shape[2] == 4:
+        pixels = _to_array(_to_srgb(Image.fromarray(np.ascontiguousarray(a)), name, owned=True))
+    else:
+        pixels = np.ascontiguousarray(a)
+    return LoadedImage(name, pixels, (pixels.shape[1], pixels.shape[0]), glance_view(pixels))

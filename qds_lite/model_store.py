@@ -1,0 +1,101 @@
+"""Finding critics and checking them: bundled models, manifests, sha256 verification.
+
+A critic is a folder with a ``manifest.json`` (name, version, architecture config, files with sha256
+and size, training and evaluation figures) and the files it lists. Only safe formats are ever read
+(.npz without pickle, .onnx, .gguf), and only after their sha256 matches the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelError
+
+BUNDLED_DIR = Path(__file__).parent / "models"
+DEFAULT_MODEL = "qds-small-v1"
+MANIFEST_VERSION = 1
+SAFE_SUFFIXES = (".npz", ".onnx", ".gguf")
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    name: str
+    root: Path
+    manifest: dict
+
+    def path(self, role: str) -> Path:
+        """Path of the file with the given role ('weights', 'encoder_onnx', 'reasoner_onnx', 'reasoner_gguf')."""
+        for entry in self.manifest["files"]:
+            if entry["role"] == role:
+                return self.root / entry["path"]
+        raise ModelError(f"{self.name}: manifest lists no {role} file")
+
+    @property
+    def sha256(self) -> str:
+        """Identity of the critic: sha256 of its manifest (which pins every file's sha256)."""
+        return hashlib.sha256((self.root / "manifest.json").read_bytes()).hexdigest()
+
+    @property
+    def config(self) -> dict:
+        return self.manifest["config"]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def available_models() -> list[str]:
+    """Names of the critics bundled with the package."""
+    return sorted(p.parent.name for p in BUNDLED_DIR.glob("*/manifest.json"))
+
+
+def resolve(name_or_path: str | os.PathLike | None = None) -> ModelFiles:
+    """A bundled model name or a folder holding a manifest.json -> its verified files."""
+    target = name_or_path or os.environ.get("QDS_MODEL", DEFAULT_MODEL)
+    root = Path(target)
+    if not (root / "manifest.json").is_file():
+        root = BUNDLED_DIR / str(target)
+    if not (root / "manifest.json").is_file():
+        known = ", ".join(available_models()) or "none"
+        raise ModelError(f"unknown model {target!r} (bundled: {known})",
+                         hint="pass a bundled name or a folder containing manifest.json")
+    return _verified(root.resolve())
+
+
+@cache
+def _verified(root: Path) -> ModelFiles:
+    try:
+        manifest = json.loads((root / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelError(f"{root}: unreadable manifest.json ({e})") from e
+    name = manifest.get("name", root.name)
+    if manifest.get("manifest_version") != MANIFEST_VERSION:
+        raise ModelError(f"{name}: manifest version {manifest.get('manifest_version')} is not "
+                         f"{MANIFEST_VERSION}", hint="re-run `python -m export.build` or update qds-lite")
+    for entry in manifest["files"]:
+        path = root / entry["path"]
+        if path.suffix not in SAFE_SUFFIXES:
+            raise ModelError(f"{name}: {entry['path']} is not a safe model format {SAFE_SUFFIXES}")
+        if not path.is_file():
+            raise ModelError(f"{name}: missing file {entry['path']}", hint="reinstall the model")
+        if path.stat().st_size != entry["size"] or sha256_file(path) != entry["sha256"]:
+            raise ModelError(f"{name}: {entry['path']} does not match its sha256 in manifest.json",
+                             hint="the file is corrupt or was replaced; reinstall the model")
+    return ModelFiles(name=name, root=root, manifest=manifest)
+
+
+def load_weights(files: ModelFiles) -> dict[str, np.ndarray]:
+    """All weights as float32 (stored as float16; the reference uses the same rounded values)."""
+    with np.load(files.path("weights"), allow_pickle=False) as z:
+        return {k: z[k].astype(np.float32) for k in z.files}

@@ -1,0 +1,100 @@
+"""What a critic returns: a frozen Result, its findings, the JSON trace and a one-line rationale."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import protocol as P
+from .runtime import Trajectory
+
+SEVERITY_WORDS = ((0.2, "slight"), (0.4, "mild"), (0.6, "moderate"), (0.8, "strong"), (1.01, "severe"))
+TYPE_WORDS = {"blur": "blur", "motion_blur": "motion blur", "defocus": "defocus blur", "noise": "noise",
+              "jpeg": "JPEG artifacts", "banding": "banding", "overexposure": "overexposure",
+              "underexposure": "underexposure", "low_contrast": "low contrast", "color_cast": "colour cast",
+              "oversharpen": "oversharpening halos", "haze": "haze", "upscale_artifacts": "upscaling artifacts",
+              "generative_artifacts": "generative artifacts"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    type: str
+    severity: float  # 0..1 (centre of the predicted severity bin)
+    box: tuple[float, float, float, float]  # fractions of the oriented image: x0, y0, x1, y1
+    evidence_zoom: int | None  # 1-based index of the zoom step that looked inside the box, if any
+
+    @property
+    def where(self) -> str:
+        return describe_box(self.box)
+
+    def describe(self) -> str:
+        word = next(w for limit, w in SEVERITY_WORDS if self.severity < limit)
+        return f"{word} {TYPE_WORDS[self.type]} ({self.where})"
+
+
+@dataclass(frozen=True)
+class Result:
+    file: str
+    score: float
+    level: str
+    level_probs: tuple[float, ...]
+    findings: tuple[Finding, ...]
+    steps: tuple[dict, ...]
+    rationale: str
+    model: dict
+    backend: str
+    timings_ms: dict
+
+    @property
+    def trace(self) -> dict:
+        """The JSON trace (qds_lite/trace.schema.json)."""
+        return {
+            "file": self.file, "score": round(self.score, 2), "level": self.level,
+            "level_probs": [round(p, 4) for p in self.level_probs],
+            "findings": [{"type": f.type, "severity": f.severity, "box": list(f.box), "evidence_zoom": f.evidence_zoom}
+                         for f in self.findings],
+            "steps": list(self.steps), "rationale": self.rationale, "model": self.model, "backend": self.backend,
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+        }
+
+
+def describe_box(box: tuple[float, float, float, float]) -> str:
+    x0, y0, x1, y1 = box
+    if (x1 - x0) * (y1 - y0) >= 0.75:
+        return "whole image"
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    vert = "top" if cy < 0.375 else "bottom" if cy > 0.625 else ""
+    horiz = "left" if cx < 0.375 else "right" if cx > 0.625 else ""
+    return f"{vert} {horiz}".strip() or "centre"
+
+
+def _inside(cell_box: tuple[float, ...], box: tuple[float, ...]) -> bool:
+    cx, cy = (cell_box[0] + cell_box[2]) / 2, (cell_box[1] + cell_box[3]) / 2
+    return box[0] <= cx <= box[2] and box[1] <= cy <= box[3]
+
+
+def rationale(findings: tuple[Finding, ...], level: str) -> str:
+    if not findings:
+        return f"No visible defects found; overall {level}."
+    parts = [f.describe() for f in findings]
+    text = "; ".join(parts)
+    return f"{text[0].upper()}{text[1:]}; overall {level}."
+
+
+def build_result(name: str, traj: Trajectory, size: tuple[int, int], model: dict, backend: str,
+                 timings_ms: dict) -> Result:
+    probs = tuple(float(p) for p in traj.level_probs)
+    score = P.level_score(probs)
+    level = P.LEVELS[min(len(P.LEVELS) - 1, round(score / 100 * (len(P.LEVELS) - 1)))]
+    zoom_boxes = [P.cell_box(cell) for cell, _ in traj.zooms]
+    findings = []
+    for f in traj.findings:
+        box = P.span_box(f.cell_tl, f.cell_br)
+        evidence = next((i + 1 for i, zb in enumerate(zoom_boxes) if _inside(zb, box)), None)
+        findings.append(Finding(P.FINDING_TYPES[f.type_index], P.severity_of_bin(f.severity_bin), box, evidence))
+    steps = [{"tool": "glance", "size": [P.GLANCE_SIZE, P.GLANCE_SIZE], "native_px": list(size)}]
+    for cell, (x0, y0, x1, y1) in traj.zooms:
+        steps.append({"tool": "zoom", "box": list(P.cell_box(cell)), "native_px": [x1 - x0, y1 - y0],
+                      "window": [x0, y0, x1, y1]})
+    found = tuple(findings)
+    return Result(file=name, score=score, level=level, level_probs=probs, findings=found, steps=tuple(steps),
+                  rationale=rationale(found, level), model=model, backend=backend, timings_ms=timings_ms)

@@ -1,0 +1,68 @@
+"""The think-with-images loop: glance, zoom where it matters, report findings and a level distribution.
+
+The loop is identical whatever backend runs the maths: it builds input embeddings (token rows and
+visual tokens plus their slot embeddings), asks the backend's session for logits, and decodes greedily
+over the tokens the protocol grammar allows next. Zoom windows are cut from the full-resolution
+pixels, never from the glance.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import protocol as P
+from .backends import Backend
+from .io import LoadedImage, zoom_window
+from .numpy_ops import softmax
+
+
+@dataclass
+class Trajectory:
+    tokens: list[int] = field(default_factory=list)
+    zooms: list[tuple[int, tuple[int, int, int, int]]] = field(default_factory=list)  # (cell, pixel box)
+    findings: list[P.Finding] = field(default_factory=list)
+    level_probs: np.ndarray | None = None
+    model_ms: float = 0.0
+
+
+class Reasoner:
+    """Runs the loop for one image on one backend."""
+
+    def __init__(self, backend: Backend, weights: dict[str, np.ndarray]) -> None:
+        self.backend = backend
+        self.tok_embd = weights["dec.tok_embd"]
+        self.slot_embd = weights["dec.slot_embd"]
+
+    def visual(self, view: np.ndarray, slot0: int) -> np.ndarray:
+        tokens = self.backend.encode(view)
+        return tokens + self.slot_embd[slot0:slot0 + len(tokens)]
+
+    def run(self, image: LoadedImage, max_zooms: int = P.DEFAULT_ZOOMS) -> Trajectory:
+        t0 = time.perf_counter()
+        grammar = P.Grammar(max_zooms)
+        traj = Trajectory()
+        session = self.backend.start()
+        first = np.concatenate([self.tok_embd[[P.BOS]], self.visual(image.glance, P.GLANCE_SLOT0)])
+        logits = session.step(first)
+        grammar.begin()
+        while True:
+            allowed = np.array(grammar.allowed())
+            token = int(allowed[np.argmax(logits[allowed])])
+            state = grammar.state
+            grammar.advance(token)
+            traj.tokens.append(token)
+            new = self.tok_embd[[token]]
+            if state == "after_zoom":
+                window, box = zoom_window(image.pixels, token - P.CELL0)
+                traj.zooms.append((token - P.CELL0, box))
+                new = np.concatenate([new, self.visual(window, P.ZOOM_SLOT0)])
+            logits = session.step(new)
+            if grammar.done:  # the <level> token is in: its logits are the level distribution
+                traj.level_probs = softmax(logits[list(P.LEVEL_IDS)].astype(np.float64))
+                break
+        traj.findings = grammar.findings
+        traj.model_ms = (time.perf_counter() - t0) * 1e3
+        return traj

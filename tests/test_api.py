@@ -1,0 +1,77 @@
+"""The Python API as an app would use it."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import qds_lite
+from qds_lite import Critic, ImageLoadError, QdsError
+
+from .conftest import SAMPLES
+
+
+@pytest.fixture(scope="module")
+def critic():
+    return qds_lite.load()
+
+
+def test_every_input_kind_gives_the_same_result(critic):
+    path = SAMPLES[0]
+    by_path = critic.score(path)
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    for source in (str(path), path.read_bytes(), Image.open(path), rgb):
+        r = critic.score(source)
+        assert r.score == pytest.approx(by_path.score, abs=1e-6)
+        assert r.findings == by_path.findings
+
+
+def test_result_is_frozen_and_complete(critic):
+    r = critic.score(SAMPLES[0])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.score = 100.0
+    assert 0 <= r.score <= 100 and r.level in qds_lite.protocol.LEVELS
+    assert sum(r.level_probs) == pytest.approx(1.0, abs=1e-6)
+    assert r.model["name"] == "qds-small-v1" and len(r.model["sha256"]) == 64
+    assert r.backend in qds_lite.available_backends()
+    assert r.trace["score"] == round(r.score, 2)
+    assert set(r.timings_ms) >= {"decode", "model"}
+
+
+def test_zoom_budget_is_respected(critic):
+    for n in (0, 1, 5):
+        r = critic.score(SAMPLES[0], zooms=n)
+        assert sum(s["tool"] == "zoom" for s in r.steps) <= n
+    with pytest.raises(QdsError):
+        critic.score(SAMPLES[0], zooms=99)
+
+
+def test_score_many_streams_and_survives_bad_inputs(critic, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    out = list(critic.score_many([SAMPLES[0], bad, SAMPLES[1]]))
+    assert isinstance(out[1], ImageLoadError) and "bad.jpg" in str(out[1])
+    assert out[0].file == SAMPLES[0].name and out[2].file == SAMPLES[1].name
+
+
+def test_critic_load_alias_and_listing():
+    assert isinstance(Critic.load(backend="numpy"), Critic)
+    assert "qds-small-v1" in qds_lite.available_models()
+    assert "numpy" in qds_lite.available_backends()
+
+
+def test_degraded_photos_score_below_their_clean_source(critic):
+    clean = critic.score(SAMPLES[0].parent / "rocket_clean.jpg")
+    blurred = critic.score(SAMPLES[0].parent / "rocket_blur.jpg")
+    assert blurred.score < clean.score
+    assert blurred.findings and blurred.findings[0].type in ("blur", "defocus", "motion_blur")
+
+
+def test_importing_qds_lite_never_imports_torch():
+    code = "import sys, qds_lite; qds_lite.load(backend='numpy'); assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
