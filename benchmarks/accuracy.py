@@ -66,25 +66,25 @@ def _finite_pairs(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, n
     return x[ok], y[ok]
 
 
-def srcc(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman rank correlation of the finite pairs. NaN with fewer than 2 pairs; 0.0 when either side
-    is constant (a method that gives every image the same score ranks nothing)."""
+def _correlation(fn, x: Sequence[float], y: Sequence[float]) -> float:
+    """``fn`` (a scipy.stats correlation) of the finite pairs. NaN with fewer than 2 pairs; 0.0 when
+    either side is constant (a method that gives every image the same score ranks nothing)."""
     x, y = _finite_pairs(x, y)
     if x.size < 2:
         return float("nan")
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return 0.0
-    return float(stats.spearmanr(x, y).statistic)
+    return float(fn(x, y).statistic)
+
+
+def srcc(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation (see :func:`_correlation` for the edge cases)."""
+    return _correlation(stats.spearmanr, x, y)
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson linear correlation of the finite pairs (NaN with < 2 pairs, 0.0 when a side is constant)."""
-    x, y = _finite_pairs(x, y)
-    if x.size < 2:
-        return float("nan")
-    if np.ptp(x) == 0 or np.ptp(y) == 0:
-        return 0.0
-    return float(stats.pearsonr(x, y).statistic)
+    """Pearson linear correlation (see :func:`_correlation` for the edge cases)."""
+    return _correlation(stats.pearsonr, x, y)
 
 
 def logistic4(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.ndarray:

@@ -20,6 +20,13 @@ def wrote(path: Path) -> str:
     return line
 
 
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
+    wrote(path)
+
+
 def write(root: Path, *, name: str, config: dict, training: dict, evaluation: dict | None = None) -> Path:
     files = [{"path": f, "role": role, "sha256": sha256_file(root / f), "size": (root / f).stat().st_size}
              for f, role in ROLES.items() if (root / f).exists()]
@@ -33,8 +40,39 @@ def write(root: Path, *, name: str, config: dict, training: dict, evaluation: di
         "evaluation": evaluation if evaluation is not None else old.get("evaluation", {}),
         "total_size": sum(f["size"] for f in files),
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
-    wrote(path)
+    _write_json(path, doc)
     return path
+
+
+def record_evaluation(root: Path, accuracy_json: Path, method: str = "qds/onnx") -> None:
+    """Copy the headline figures of a benchmarks.accuracy run into the manifest's ``evaluation``.
+
+    Only critic.npz's sha256 ties the golden vectors to the weights, so this leaves them valid."""
+    run = json.loads(Path(accuracy_json).read_text())
+    summary, loc = run["results"][method]["summary"], run["results"][method]["localisation"]
+    baselines = {name: {k: round(run["results"][name]["summary"][k], 3) for k in ("srcc", "l_srcc", "d_auc", "p_acc")}
+                 for name in run["baselines"]}
+    evaluation = {
+        "command": run["command"], "n_images": run["n_images"], "method": method,
+        "summary": {
+            "SRCC (all pooled)": round(summary["srcc"], 3), "L-test SRCC": round(summary["l_srcc"], 3),
+            "D-test AUC": round(summary["d_auc"], 3), "P-test accuracy": round(summary["p_acc"], 3),
+            "cross-distortion SRCC": round(summary["cross_srcc"], 3),
+            "finding type top-1": round(loc["type_top1"], 3), "box IoU>=0.5": round(loc["iou_hit"], 3),
+        },
+        "baselines": baselines,
+    }
+    path = root / "manifest.json"
+    _write_json(path, json.loads(path.read_text()) | {"evaluation": evaluation})
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from qds_lite.model_store import BUNDLED_DIR, DEFAULT_MODEL
+
+    ap = argparse.ArgumentParser(description="record benchmark figures in a model's manifest")
+    ap.add_argument("accuracy_json", type=Path)
+    ap.add_argument("--model-dir", type=Path, default=BUNDLED_DIR / DEFAULT_MODEL)
+    a = ap.parse_args()
+    record_evaluation(a.model_dir, a.accuracy_json)

@@ -138,7 +138,8 @@ def build(split: str, variants: int, out_dir: Path, trunk_path: str, seed: int =
     """Build (or reuse) the cached shards of one split; returns their paths."""
     photos = [str(p) for p in pristine_photos(split)]
     out_dir.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(json.dumps([photos, variants, seed, p_clean, KIND_NAMES]).encode()).hexdigest()[:12]
+    trunk_sha = hashlib.sha256(Path(trunk_path).read_bytes()).hexdigest()  # features change with the trunk
+    key = hashlib.sha256(json.dumps([photos, variants, seed, p_clean, KIND_NAMES, trunk_sha]).encode()).hexdigest()[:12]
     n_shards = max(workers, len(photos) // 10)
     jobs = [(photos[i::n_shards], variants, seed, trunk_path, str(out_dir / f"{split}-{key}-{i:03d}.npz"), p_clean)
             for i in range(n_shards)]

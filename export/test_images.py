@@ -22,6 +22,7 @@ D = synth.Degradation
 SAMPLES = {  # output -> (source photo, degradations)
     "examples/coffee.jpg": ("skimage/skimage_coffee.jpg", [D("luma_noise", 0.7, (2, 0, 4, 2), 1)]),
     "tests/data/rocket_clean.jpg": ("skimage/skimage_rocket.jpg", []),
+    "tests/data/coffee_clean.jpg": ("skimage/skimage_coffee.jpg", []),
     "tests/data/rocket_blur.jpg": ("skimage/skimage_rocket.jpg", [D("gaussian_blur", 0.6, None, 2)]),
     "tests/data/coffee_dark.jpg": ("skimage/skimage_coffee.jpg", [D("underexposure", 0.7, None, 3)]),
     "tests/data/coffee_jpeg_local.jpg": ("skimage/skimage_coffee.jpg", [D("jpeg", 0.9, (0, 2, 2, 4), 4)]),

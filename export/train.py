@@ -26,7 +26,7 @@ from export.samples import ORACLE_CELLS
 from kernels.model import CriticConfig, embed_sequence, project_features, reasoner_forward
 from qds_lite import protocol as P
 
-SEQ_LEN = 1 + P.GLANCE_TOKENS + P.DEFAULT_ZOOMS * (2 + P.ZOOM_TOKENS) + 1 + 5 * P.MAX_FINDINGS + 1
+SEQ_LEN = 1 + P.GLANCE_TOKENS + P.DEFAULT_ZOOMS * (2 + P.ZOOM_TOKENS) + 2 + 5 * P.MAX_FINDINGS + 1
 LEVEL_WEIGHT = 2.0
 
 
@@ -84,11 +84,13 @@ def build_sequences(data: dict[str, np.ndarray], rng: np.random.Generator, augme
                 slot[i, t], feat_src[i, t] = P.ZOOM_SLOT0 + j, (z, j)
                 t += 1
         put(P.STOP)
+        level_pos[i] = t - 1  # the verdict is read from <stop>'s logits: trained by the KL term
+        level_target[i] = oracle.level_distribution(oracle.quality(degs))
+        put(P.LEVEL0 + int(np.argmax(level_target[i])))
+        target[i, t - 2] = -100
         for token in oracle.finding_tokens(degs):
             put(token)
-        put(P.LEVEL)
-        level_pos[i] = t - 1
-        level_target[i] = oracle.level_distribution(oracle.quality(degs))
+        put(P.EOS)
     return {"tok": tok, "slot": slot, "feat_src": feat_src, "target": target, "allowed": allowed,
             "level_pos": level_pos, "level_target": level_target}
 
@@ -105,8 +107,25 @@ def gather_features(data: dict[str, np.ndarray], seq: dict[str, np.ndarray], idx
     return torch.from_numpy(f.astype(np.float32))
 
 
+def feature_scaling(data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of every pooled feature over the training views.
+
+    Features span orders of magnitude (activation means up to 6, clipped-pixel shares near 0), so the
+    MLP trains on standardized inputs; :func:`fold_scaling` then folds the affine map into its first
+    layer, so the shipped model has no extra op."""
+    f = np.concatenate([data["glance"].reshape(-1, data["glance"].shape[-1]),
+                        data["zooms"].reshape(-1, data["zooms"].shape[-1])]).astype(np.float64)
+    return f.mean(0).astype(np.float32), np.maximum(f.std(0), 1e-2).astype(np.float32)
+
+
+def fold_scaling(head: dict[str, np.ndarray], mu: np.ndarray, sigma: np.ndarray) -> dict[str, np.ndarray]:
+    """proj.w1 @ ((f - mu) / sigma) + b1  ==  (proj.w1 / sigma) @ f + (b1 - (proj.w1 / sigma) @ mu)."""
+    w1 = head["proj.w1"] / sigma[None, :]
+    return head | {"proj.w1": w1.astype(np.float32), "proj.b1": (head["proj.b1"] - w1 @ mu).astype(np.float32)}
+
+
 def forward(params: dict[str, torch.Tensor], cfg: CriticConfig, data, seq, idx) -> torch.Tensor:
-    feats = gather_features(data, seq, idx)
+    feats = (gather_features(data, seq, idx) - params["feat_mu"]) / params["feat_sigma"]
     visual = project_features(params, feats)
     x = embed_sequence(params, torch.from_numpy(seq["tok"][idx]), visual, torch.from_numpy(seq["slot"][idx]))
     return reasoner_forward(params, cfg, x)
@@ -142,13 +161,15 @@ def train(head: dict[str, np.ndarray], cfg: CriticConfig, data, dev, *, epochs: 
           lr: float = 2e-3, seed: int = 0, log=print) -> tuple[dict[str, np.ndarray], list[dict]]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    params = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in head.items()}
-    opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    trainable = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in head.items()}
+    mu, sigma = feature_scaling(data)
+    params = trainable | {"feat_mu": torch.from_numpy(mu), "feat_sigma": torch.from_numpy(sigma)}
+    opt = torch.optim.AdamW(trainable.values(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     n = len(data["kinds"])
     steps = epochs * math.ceil(n / batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     dev_seq = build_sequences(dev, np.random.default_rng(seed), augment=False)
-    history, best, best_state = [], -1.0, None
+    history, best, best_state = [], -np.inf, None
     t0 = time.time()
     for epoch in range(epochs):
         seq = build_sequences(data, rng, augment=True)
@@ -160,7 +181,7 @@ def train(head: dict[str, np.ndarray], cfg: CriticConfig, data, dev, *, epochs: 
             loss = ce + LEVEL_WEIGHT * kl
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
+            torch.nn.utils.clip_grad_norm_(trainable.values(), 1.0)
             opt.step()
             sched.step()
             tot += loss.item() * len(idx)
@@ -171,5 +192,5 @@ def train(head: dict[str, np.ndarray], cfg: CriticConfig, data, dev, *, epochs: 
         log(json.dumps(rec))
         score = ev["srcc"] - ev["ce"]  # select on level ranking and trajectory likelihood together
         if score > best:
-            best, best_state = score, {k: v.detach().numpy().copy() for k, v in params.items()}
-    return best_state, history
+            best, best_state = score, {k: v.detach().numpy().copy() for k, v in trainable.items()}
+    return fold_scaling(best_state, mu, sigma), history

@@ -6,9 +6,11 @@ so there is no per-backend renaming.
 
 Encoder: the first 14 blocks of an ImageNet MobileNetV2 (batch-norm folded into the convolutions),
 tapped after block 6 (32 channels, stride 8) and block 13 (96 channels, stride 16). Each tap is pooled
-into a grid of cells (4x4 for the 256 px glance, 2x2 for a 128 px zoom; a cell is always 8x8 / 4x4
-feature pixels) by mean and standard deviation, giving 256 numbers per cell, which a two-layer MLP
-turns into a ``d_model`` visual token.
+into a grid of cells (4x4 for the 256 px glance, 2x2 for a 128 px zoom; a cell is always 64x64 view
+pixels, 8x8 / 4x4 feature pixels) by mean and standard deviation; eight pixel statistics of the cell
+(mean and std of R, G, B, and the share of clipped highlights and crushed shadows) join them, because
+ImageNet features are built to ignore exactly the colour casts and exposure errors a critic must see.
+A two-layer MLP turns the 264 numbers of a cell into a ``d_model`` visual token.
 
 Reasoner: a Llama-style decoder (RMSNorm, rotary attention rotating *adjacent* pairs as llama.cpp's
 ``llama`` architecture does, SwiGLU) over the protocol's vocabulary plus visual-token embeddings.
@@ -30,6 +32,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _MBV2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1))
 TAP_BLOCKS = (6, 13)  # feature taps: end of block 6 (32 ch, stride 8) and block 13 (96 ch, stride 16)
 TAP_CELL = (8, 4)  # feature pixels per cell side at each tap (glance 256 px -> 4x4 cells, zoom 128 -> 2x2)
+PIXEL_CELL = 64  # view pixels per cell side
+CLIP_HIGH, CLIP_LOW = 0.98, 0.02  # luma thresholds for clipped highlights / crushed shadows
+LUMA = (0.299, 0.587, 0.114)
 
 
 def mobilenet_blocks() -> list[tuple[int, int, int, int]]:
@@ -44,7 +49,7 @@ def mobilenet_blocks() -> list[tuple[int, int, int, int]]:
 
 @dataclass(frozen=True)
 class CriticConfig:
-    feat_dim: int = 2 * (32 + 96)  # mean and std of both taps
+    feat_dim: int = 2 * (32 + 96) + 8  # mean and std of both taps, then the pixel statistics
     proj_hidden: int = 256
     d_model: int = 128
     n_layers: int = 3
@@ -83,16 +88,24 @@ def trunk_features(p: dict[str, torch.Tensor], pixels: torch.Tensor) -> torch.Te
         x = x + h if (s == 1 and cin == cout) else h
         if i in TAP_BLOCKS:
             taps.append(x)
-    return pool_features(taps)
+    return pool_features(taps, pixels)
 
 
-def pool_features(taps: list[torch.Tensor]) -> torch.Tensor:
-    """Mean and std of each tap over each cell -> (N, cells, feat_dim)."""
+def _mean_std(x: torch.Tensor, cell: int) -> list[torch.Tensor]:
+    m = F.avg_pool2d(x, cell)
+    v = (F.avg_pool2d(x * x, cell) - m * m).clamp_min(0.0)
+    return [m, torch.sqrt(v + 1e-6)]
+
+
+def pool_features(taps: list[torch.Tensor], pixels: torch.Tensor) -> torch.Tensor:
+    """Mean and std of each tap, then the pixel statistics, over each cell -> (N, cells, feat_dim)."""
     feats = []
     for x, cell in zip(taps, TAP_CELL):
-        m = F.avg_pool2d(x, cell)
-        v = (F.avg_pool2d(x * x, cell) - m * m).clamp_min(0.0)
-        feats += [m, torch.sqrt(v + 1e-6)]
+        feats += _mean_std(x, cell)
+    feats += _mean_std(pixels, PIXEL_CELL)
+    luma = (pixels * pixels.new_tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    for clipped in (luma >= CLIP_HIGH, luma <= CLIP_LOW):
+        feats.append(F.avg_pool2d(clipped.float(), PIXEL_CELL))
     f = torch.cat(feats, dim=1)  # (N, feat_dim, gh, gw)
     return f.flatten(2).transpose(1, 2)
 

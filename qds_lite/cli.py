@@ -51,11 +51,32 @@ def score(paths: tuple[str, ...], as_json: bool, backend: str, zooms: int, threa
                 click.echo(json.dumps({"file": path, "error": e.message}))
             continue
         if as_json:
-            click.echo(json.dumps(r.trace))
+            click.echo(json.dumps(r.trace | {"file": path}))
         else:
             found = "; ".join(f.describe() for f in r.findings[:3]) or "no visible defects"
             click.echo(f"{path}  {r.score:5.1f}  {r.level:<9}  {found}")
     sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.argument("image", type=click.Path(exists=True, dir_okay=False))
+@click.option("--repeat", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 64), default=None)
+def bench(image: str, repeat: int, threads: int | None) -> None:
+    """Speed on this machine for IMAGE: model time per backend, as ratios to a Pillow decode of it."""
+    from pathlib import Path
+
+    from .bench import run
+
+    path = Path(image)
+    try:
+        rows = run(path, repeat, threads)
+    except QdsError as e:
+        _fail(e)
+    click.echo(f"image: {path} (median of {repeat})")
+    for r in rows:
+        ratio = f"  {r['vs_onnx_model']:.2f}x onnx" if "vs_onnx_model" in r else ""
+        click.echo(f"{r['what']:<34} {r['ms']:8.1f} ms  {r['vs_decode']:6.2f}x Pillow decode{ratio}")
 
 
 @main.command("backends")

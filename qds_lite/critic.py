@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from .runtime import Reasoner
 class Critic:
     """A loaded critic on one backend. Thread-compatible, not thread-safe: use one per thread."""
 
-    def __init__(self, files: ModelFiles, backend: backends.Backend, weights: dict[str, np.ndarray],
+    def __init__(self, files: ModelFiles, backend: backends.Backend, weights: Mapping[str, np.ndarray],
                  max_zooms: int = P.DEFAULT_ZOOMS) -> None:
         self.files = files
         self.backend = backend

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -95,7 +96,27 @@ def _verified(root: Path) -> ModelFiles:
     return ModelFiles(name=name, root=root, manifest=manifest)
 
 
-def load_weights(files: ModelFiles) -> dict[str, np.ndarray]:
-    """All weights as float32 (stored as float16; the reference uses the same rounded values)."""
-    with np.load(files.path("weights"), allow_pickle=False) as z:
-        return {k: z[k].astype(np.float32) for k in z.files}
+class Weights(Mapping[str, np.ndarray]):
+    """The critic's weights as float32, read from the .npz on first use of each array.
+
+    Stored as float16 (the reference uses the same rounded values). Lazy because the onnx and gguf
+    backends only need the two embedding tables, and decompressing the encoder costs start-up time."""
+
+    def __init__(self, path: Path) -> None:
+        self._npz = np.load(path, allow_pickle=False)
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._cache:
+            self._cache[key] = self._npz[key].astype(np.float32)
+        return self._cache[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._npz.files)
+
+    def __len__(self) -> int:
+        return len(self._npz.files)
+
+
+def load_weights(files: ModelFiles) -> Weights:
+    return Weights(files.path("weights"))

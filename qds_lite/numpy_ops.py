@@ -54,13 +54,17 @@ def depthwise3x3(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int) -> np
     return out
 
 
-def cell_mean_std(x: np.ndarray, cell: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std over non-overlapping cell x cell windows: (C, H, W) -> 2 x (C, H/cell, W/cell)."""
+def cell_mean(x: np.ndarray, cell: int) -> np.ndarray:
+    """Mean over non-overlapping cell x cell windows: (C, H, W) -> (C, H/cell, W/cell)."""
     c, h, w = x.shape
-    blocks = x.reshape(c, h // cell, cell, w // cell, cell)
-    m = blocks.mean(axis=(2, 4))
-    v = np.maximum((blocks * blocks).mean(axis=(2, 4)) - m * m, 0.0)
-    return m, np.sqrt(v + 1e-6)
+    return x.reshape(c, h // cell, cell, w // cell, cell).mean(axis=(2, 4))
+
+
+def cell_mean_std(x: np.ndarray, cell: int) -> list[np.ndarray]:
+    """Mean and std over non-overlapping cell x cell windows: (C, H, W) -> 2 x (C, H/cell, W/cell)."""
+    m = cell_mean(x, cell)
+    v = np.maximum(cell_mean(x * x, cell) - m * m, 0.0)
+    return [m, np.sqrt(v + 1e-6)]
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:

@@ -7,13 +7,15 @@ A trajectory, as the reasoner reads and writes it::
 
     <bos> [16 glance tokens]
     ( <zoom> <cell_k> [4 zoom tokens] ){0..K}
-    <stop>
+    <stop>                       -> its logits over the 5 level tokens = the level distribution
+    <level_x>                    the most likely level, fed back
     ( <find> <type> <sev_b> <cell_tl> <cell_br> ){0..3}
-    <level>                      -> logits over the 5 level tokens = the level distribution
     <eos>
 
-Visual tokens are not vocabulary items: they are embeddings produced by the encoder and passed in
-directly (the reasoner never predicts them).
+The verdict comes straight after the evidence (glance and zooms) and before the findings, so the level
+is judged from what was seen, not read back from the reasoner's own finding tokens; the findings then
+explain it. Visual tokens are not vocabulary items: they are embeddings produced by the encoder and
+passed in directly (the reasoner never predicts them).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ FINDING_TYPES = (
 LEVELS = ("bad", "poor", "fair", "good", "excellent")
 SEVERITY_BINS = 5  # bin b covers severity [b/5, (b+1)/5); its centre (b+0.5)/5 is reported
 
-CONTROL = ("<pad>", "<bos>", "<eos>", "<zoom>", "<stop>", "<find>", "<level>")
+CONTROL = ("<pad>", "<bos>", "<eos>", "<zoom>", "<stop>", "<find>")
 VOCAB: tuple[str, ...] = (
     CONTROL
     + tuple(f"<cell_{i}>" for i in range(N_CELLS))
@@ -49,7 +51,7 @@ VOCAB: tuple[str, ...] = (
 TOKEN_ID = {tok: i for i, tok in enumerate(VOCAB)}
 VOCAB_SIZE = len(VOCAB)
 
-PAD, BOS, EOS, ZOOM, STOP, FIND, LEVEL = (TOKEN_ID[t] for t in CONTROL)
+PAD, BOS, EOS, ZOOM, STOP, FIND = (TOKEN_ID[t] for t in CONTROL)
 CELL0 = TOKEN_ID["<cell_0>"]
 TYPE0 = TOKEN_ID[f"<type_{FINDING_TYPES[0]}>"]
 SEV0 = TOKEN_ID["<sev_0>"]
@@ -119,7 +121,7 @@ class Grammar:
 
     def __init__(self, max_zooms: int = DEFAULT_ZOOMS) -> None:
         self.max_zooms = max_zooms
-        self.state = "start"  # start|after_zoom|looking|after_find.N|findings|done
+        self.state = "start"  # start|looking|after_zoom|level|findings|find_*|done
         self.zoomed: list[int] = []
         self.findings: list[Finding] = []
         self._pending: list[int] = []
@@ -130,8 +132,10 @@ class Grammar:
             return (ZOOM, STOP) if len(self.zoomed) < self.max_zooms else (STOP,)
         if s == "after_zoom":
             return tuple(c for c in CELL_IDS if c - CELL0 not in self.zoomed)
+        if s == "level":
+            return LEVEL_IDS
         if s == "findings":
-            return (FIND, LEVEL) if len(self.findings) < MAX_FINDINGS else (LEVEL,)
+            return (FIND, EOS) if len(self.findings) < MAX_FINDINGS else (EOS,)
         if s == "find_type":
             return TYPE_IDS
         if s == "find_sev":
@@ -145,7 +149,9 @@ class Grammar:
             raise ValueError(f"token {VOCAB[token]} not allowed in state {self.state}")
         s = self.state
         if s == "looking":
-            self.state = "after_zoom" if token == ZOOM else "findings"
+            self.state = "after_zoom" if token == ZOOM else "level"
+        elif s == "level":
+            self.state = "findings"
         elif s == "after_zoom":
             self.zoomed.append(token - CELL0)
             self.state = "looking"  # the runtime appends the zoom's visual tokens before the next step

@@ -9,6 +9,7 @@ pixels, never from the glance.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,7 +32,7 @@ class Trajectory:
 class Reasoner:
     """Runs the loop for one image on one backend."""
 
-    def __init__(self, backend: Backend, weights: dict[str, np.ndarray]) -> None:
+    def __init__(self, backend: Backend, weights: Mapping[str, np.ndarray]) -> None:
         self.backend = backend
         self.tok_embd = weights["dec.tok_embd"]
         self.slot_embd = weights["dec.slot_embd"]
@@ -48,21 +49,22 @@ class Reasoner:
         first = np.concatenate([self.tok_embd[[P.BOS]], self.visual(image.glance, P.GLANCE_SLOT0)])
         logits = session.step(first)
         grammar.begin()
-        while True:
+        while not grammar.done:
+            state = grammar.state
+            if state == "level":  # <stop> is in: its logits over the level tokens are the verdict
+                traj.level_probs = softmax(logits[list(P.LEVEL_IDS)].astype(np.float64))
             allowed = np.array(grammar.allowed())
             token = int(allowed[np.argmax(logits[allowed])])
-            state = grammar.state
             grammar.advance(token)
             traj.tokens.append(token)
+            if grammar.done:
+                break
             new = self.tok_embd[[token]]
             if state == "after_zoom":
                 window, box = zoom_window(image.pixels, token - P.CELL0)
                 traj.zooms.append((token - P.CELL0, box))
                 new = np.concatenate([new, self.visual(window, P.ZOOM_SLOT0)])
             logits = session.step(new)
-            if grammar.done:  # the <level> token is in: its logits are the level distribution
-                traj.level_probs = softmax(logits[list(P.LEVEL_IDS)].astype(np.float64))
-                break
         traj.findings = grammar.findings
         traj.model_ms = (time.perf_counter() - t0) * 1e3
         return traj

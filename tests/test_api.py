@@ -13,7 +13,7 @@ from PIL import Image
 import qds_lite
 from qds_lite import Critic, ImageLoadError, QdsError
 
-from .conftest import SAMPLES
+from .conftest import DATA, SAMPLES
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +65,37 @@ def test_critic_load_alias_and_listing():
     assert "numpy" in qds_lite.available_backends()
 
 
-def test_degraded_photos_score_below_their_clean_source(critic):
-    clean = critic.score(SAMPLES[0].parent / "rocket_clean.jpg")
-    blurred = critic.score(SAMPLES[0].parent / "rocket_blur.jpg")
-    assert blurred.score < clean.score
-    assert blurred.findings and blurred.findings[0].type in ("blur", "defocus", "motion_blur")
+@pytest.mark.parametrize("clean, degraded, types", [
+    ("coffee_clean.jpg", "coffee_dark.jpg", {"underexposure"}),
+    ("coffee_clean.jpg", "coffee_jpeg_local.jpg", {"jpeg", "banding"}),
+    ("rocket_clean.jpg", "rocket_blur.jpg", {"blur", "motion_blur", "defocus"}),  # a low-key dusk photo
+])
+def test_degraded_photos_score_below_their_clean_source(critic, clean, degraded, types):
+    clean_r, bad_r = critic.score(DATA / clean), critic.score(DATA / degraded)
+    assert bad_r.score < clean_r.score - 10
+    assert bad_r.findings and bad_r.findings[0].type in types
 
 
 def test_importing_qds_lite_never_imports_torch():
     code = "import sys, qds_lite; qds_lite.load(backend='numpy'); assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_zooms_encode_native_pixels_not_the_glance(monkeypatch):
+    """Every zoom the reasoner asks for is a 128 px window cut from the full-resolution image."""
+    from qds_lite.io import load_image
+
+    critic = qds_lite.load(backend="numpy")
+    image = load_image(SAMPLES[0])
+    seen = []
+    encode = critic.backend.encode
+    monkeypatch.setattr(critic.backend, "encode", lambda view: seen.append(view.copy()) or encode(view))
+    r = critic.score(image)
+    zooms = [s for s in r.steps if s["tool"] == "zoom"]
+    assert len(seen) == 1 + len(zooms) and np.array_equal(seen[0], image.glance)
+    for view, step in zip(seen[1:], zooms):
+        x0, y0, x1, y1 = step["window"]
+        assert np.array_equal(view, image.pixels[y0:y1, x0:x1])
+        bx0, by0, bx1, by1 = step["box"]  # the window sits inside the zoomed cell's box, at its centre
+        cx, cy = (x0 + x1) / 2 / image.pixels.shape[1], (y0 + y1) / 2 / image.pixels.shape[0]
+        assert bx0 <= cx <= bx1 and by0 <= cy <= by1

@@ -11,6 +11,7 @@ explicitly never falls back.
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from typing import Protocol
 
 import numpy as np
@@ -36,7 +37,7 @@ class Backend(Protocol):
         """A fresh reasoner sequence."""
 
 
-def create(name: str, files: ModelFiles, weights: dict[str, np.ndarray], threads: int | None) -> Backend:
+def create(name: str, files: ModelFiles, weights: Mapping[str, np.ndarray], threads: int | None) -> Backend:
     """Instantiate one backend by name (raises BackendUnavailable if its engine is missing)."""
     if name == "numpy":
         from .numpy_backend import NumpyBackend
@@ -53,7 +54,7 @@ def create(name: str, files: ModelFiles, weights: dict[str, np.ndarray], threads
     raise QdsError(f"unknown backend {name!r} (choose from auto, {', '.join(BACKENDS)})")
 
 
-def select(name: str, files: ModelFiles, weights: dict[str, np.ndarray], threads: int | None) -> Backend:
+def select(name: str, files: ModelFiles, weights: Mapping[str, np.ndarray], threads: int | None) -> Backend:
     if name != "auto":
         return create(name, files, weights, threads)
     reasons = []

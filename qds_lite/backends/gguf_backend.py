@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -164,7 +165,7 @@ class GGUFBackend:
 
     name = "gguf"
 
-    def __init__(self, files, weights: dict[str, np.ndarray], threads: int | None) -> None:
+    def __init__(self, files, weights: Mapping[str, np.ndarray], threads: int | None) -> None:
         self.reasoner = GGUFReasoner(files.path("reasoner_gguf"), n_threads=threads)
         try:
             from .onnx_backend import OnnxEncoder

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from .. import numpy_ops as ops
@@ -11,15 +13,17 @@ from ..model_store import ModelFiles
 class NumpyEncoder:
     """MobileNetV2 trunk -> cell pooling -> MLP, as in kernels.model.encoder_forward."""
 
-    def __init__(self, cfg: dict, w: dict[str, np.ndarray]) -> None:
+    def __init__(self, cfg: dict, w: Mapping[str, np.ndarray]) -> None:
         self.blocks = [tuple(b) for b in cfg["encoder_blocks"]]
         self.taps = dict(zip(cfg["tap_blocks"], cfg["tap_cells"]))
+        self.pixel_cell, self.clip, self.luma = cfg["pixel_cell"], cfg["clip"], cfg["luma"]
         self.w = w
 
     def __call__(self, view: np.ndarray) -> np.ndarray:
         w = self.w
-        x = (view.astype(np.float32) / 255.0 - ops.IMAGENET_MEAN) / ops.IMAGENET_STD
-        x = ops.relu6(ops.conv3x3(np.ascontiguousarray(x.transpose(2, 0, 1)), w["enc.conv0.w"], w["enc.conv0.b"], 2))
+        pixels = np.ascontiguousarray((view.astype(np.float32) / np.float32(255.0)).transpose(2, 0, 1))
+        x = (pixels - ops.IMAGENET_MEAN[:, None, None]) / ops.IMAGENET_STD[:, None, None]
+        x = ops.relu6(ops.conv3x3(x, w["enc.conv0.w"], w["enc.conv0.b"], 2))
         pooled = []
         for i, (cin, cout, t, s) in enumerate(self.blocks, start=1):
             h = x
@@ -30,6 +34,10 @@ class NumpyEncoder:
             x = x + h if (s == 1 and cin == cout) else h
             if i in self.taps:
                 pooled += ops.cell_mean_std(x, self.taps[i])
+        pooled += ops.cell_mean_std(pixels, self.pixel_cell)
+        luma = np.tensordot(np.asarray(self.luma, np.float32), pixels, axes=1)[None]
+        pooled += [ops.cell_mean((luma >= self.clip[0]).astype(np.float32), self.pixel_cell),
+                   ops.cell_mean((luma <= self.clip[1]).astype(np.float32), self.pixel_cell)]
         f = np.concatenate(pooled, axis=0)  # (feat_dim, gh, gw)
         f = f.reshape(f.shape[0], -1).T  # (cells, feat_dim), cells row-major
         h = ops.silu(f @ w["proj.w1"].T + w["proj.b1"])
@@ -39,7 +47,7 @@ class NumpyEncoder:
 class NumpySession:
     """Incremental decoding with a key/value cache."""
 
-    def __init__(self, cfg: dict, w: dict[str, np.ndarray]) -> None:
+    def __init__(self, cfg: dict, w: Mapping[str, np.ndarray]) -> None:
         self.cfg, self.w = cfg, w
         self.cache: list[tuple[np.ndarray, np.ndarray]] = []
         self.pos = 0
@@ -72,7 +80,7 @@ class NumpySession:
 class NumpyBackend:
     name = "numpy"
 
-    def __init__(self, files: ModelFiles, weights: dict[str, np.ndarray]) -> None:
+    def __init__(self, files: ModelFiles, weights: Mapping[str, np.ndarray]) -> None:
         self.cfg = files.config
         self.w = weights
         self.encode = NumpyEncoder(self.cfg, weights)

@@ -1,0 +1,49 @@
+"""`qds bench`: speed of the critic on this machine, as ratios against baselines measured in the same run.
+
+For each available backend: model time per image (glance + zooms, decoding excluded), and the whole
+`score` call against decoding the same file with Pillow alone. Accuracy benchmarks live in
+benchmarks/ in the source tree (they need the pristine photos and the classical baselines).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from . import available_backends, load
+from .io import load_image
+
+
+def _median_ms(fn, repeat: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def pillow_decode(path: Path) -> None:
+    with Image.open(path) as im:
+        im.load()
+
+
+def run(image: Path, repeat: int = 10, threads: int | None = None) -> list[dict]:
+    rows = [{"what": "Pillow decode only", "ms": _median_ms(lambda: pillow_decode(image), repeat)}]
+    loaded = load_image(image)
+    for name in available_backends():
+        critic = load(backend=name, threads=threads)
+        model_ms = _median_ms(lambda c=critic: c.score(loaded), repeat)
+        total_ms = _median_ms(lambda c=critic: c.score(image), repeat)
+        rows.append({"what": f"{name}: model (glance + zooms)", "ms": model_ms})
+        rows.append({"what": f"{name}: decode + model", "ms": total_ms})
+    base = {r["what"].split(":")[0]: r["ms"] for r in rows if r["what"].endswith("(glance + zooms)")}
+    for r in rows:
+        r["vs_decode"] = r["ms"] / rows[0]["ms"]
+        if "onnx" in base and r["what"].endswith("(glance + zooms)"):
+            r["vs_onnx_model"] = r["ms"] / base["onnx"]
+    return rows
