@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 D = synth.Degradation
 SAMPLES = {  # output -> (source photo, degradations)
     "examples/coffee.jpg": ("skimage/skimage_coffee.jpg", [D("luma_noise", 0.7, (2, 0, 4, 2), 1)]),
+    "examples/rocket_shake.jpg": ("skimage/skimage_rocket.jpg", [D("motion_blur", 0.5, None, 5)]),
     "tests/data/rocket_clean.jpg": ("skimage/skimage_rocket.jpg", []),
     "tests/data/coffee_clean.jpg": ("skimage/skimage_coffee.jpg", []),
     "tests/data/rocket_blur.jpg": ("skimage/skimage_rocket.jpg", [D("gaussian_blur", 0.6, None, 2)]),
