@@ -1,12 +1,12 @@
 """Oracle trajectories: what a perfect critic would do with a synthesized sample.
 
-- zoom: the cells with the most full-reference damage (texture breaks ties, so a clean photo is
-  inspected where blur or noise would show), up to the zoom budget;
+- zoom: the cells with the most full-reference damage, up to the zoom budget (the order is fixed
+  when the sample is cached: export.samples.zoom_order);
 - findings: one per applied degradation, most severe first, with its type, severity bin and box;
 - level: a quality target q in [1, 5] shared across degradation types, and a soft distribution
   over the five levels around it (Q-Align style).
 
-The target q is a per-type-free severity -> quality curve: the synthesizer calibrates severity to be
+The target q is one severity -> quality curve for all types: the synthesizer calibrates severity to be
 perceptually comparable across kinds, a local degradation counts less than a global one
 (area^0.4), and several degradations compound multiplicatively.
 """

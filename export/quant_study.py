@@ -8,7 +8,7 @@ against kernels.model's PyTorch encoder: SQNR of the tokens and of the pooled me
 std features' relative bias. Speed: median of 200 session.run (1 thread, after 20 warm-up) on a 256 px
 glance and a 128 px zoom, interleaved with the fp32 encoder; "x fp32" is the ratio of the two medians in
 the same loop (the fp32 row shows its noise; the ms drift with the shared machine's load). End to end:
-qds_lite's onnx backend with the encoder swapped in (/tmp/quant/model) vs the numpy backend (fp32) on
+qds_lite's onnx backend with the encoder swapped in (build/quant/model) vs the numpy backend (fp32) on
 tests/data/*.jpg, examples/coffee.jpg and 20 synthetic degradations of test photos; contract |diff| <= 1.
 
 qds-small-v1 (manifest sha256 a0a7330ebaef), onnxruntime 1.32.0, AMD EPYC Zen 3 (AVX2, no VNNI):
@@ -93,7 +93,7 @@ from export.onnx_export import _Calibration, export_encoder
 from kernels.model import encoder_forward, to_torch, trunk_features
 from qds_lite.model_store import load_weights, resolve, sha256_file
 
-WORK = Path("/tmp/quant")
+WORK = Path("build") / "quant"  # scratch, relative to the repository root like the rest of export/
 # export.onnx_export.quantize_encoder, the recipe that measured 11.2 dB
 CURRENT = dict(quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
