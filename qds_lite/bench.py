@@ -33,17 +33,20 @@ def pillow_decode(path: Path) -> None:
 
 
 def run(image: Path, repeat: int = 10, threads: int | None = None) -> list[dict]:
-    rows = [{"what": "Pillow decode only", "ms": _median_ms(lambda: pillow_decode(image), repeat)}]
+    """Rows of {what, ms, vs_decode[, vs_onnx_model]}; the first row is the Pillow baseline."""
+    decode_ms = _median_ms(lambda: pillow_decode(image), repeat)
+    rows = [{"what": "Pillow decode only", "ms": decode_ms}]
     loaded = load_image(image)
+    model_rows = {}
     for name in available_backends():
         critic = load(backend=name, threads=threads)
         model_ms = _median_ms(lambda c=critic: c.score(loaded), repeat)
         total_ms = _median_ms(lambda c=critic: c.score(image), repeat)
-        rows.append({"what": f"{name}: model (glance + zooms)", "ms": model_ms})
-        rows.append({"what": f"{name}: decode + model", "ms": total_ms})
-    base = {r["what"].split(":")[0]: r["ms"] for r in rows if r["what"].endswith("(glance + zooms)")}
+        model_rows[name] = {"what": f"{name}: model (glance + zooms)", "ms": model_ms}
+        rows += [model_rows[name], {"what": f"{name}: decode + model", "ms": total_ms}]
     for r in rows:
-        r["vs_decode"] = r["ms"] / rows[0]["ms"]
-        if "onnx" in base and r["what"].endswith("(glance + zooms)"):
-            r["vs_onnx_model"] = r["ms"] / base["onnx"]
+        r["vs_decode"] = r["ms"] / decode_ms
+    if "onnx" in model_rows:
+        for r in model_rows.values():
+            r["vs_onnx_model"] = r["ms"] / model_rows["onnx"]["ms"]
     return rows

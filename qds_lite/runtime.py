@@ -49,7 +49,7 @@ class Reasoner:
         first = np.concatenate([self.tok_embd[[P.BOS]], self.visual(image.glance, P.GLANCE_SLOT0)])
         logits = session.step(first)
         grammar.begin()
-        while not grammar.done:
+        while True:
             state = grammar.state
             if state == "level":  # <stop> is in: its logits over the level tokens are the verdict
                 traj.level_probs = softmax(logits[list(P.LEVEL_IDS)].astype(np.float64))
@@ -57,7 +57,7 @@ class Reasoner:
             token = int(allowed[np.argmax(logits[allowed])])
             grammar.advance(token)
             traj.tokens.append(token)
-            if grammar.done:
+            if grammar.done:  # <eos>: nothing more to feed
                 break
             new = self.tok_embd[[token]]
             if state == "after_zoom":

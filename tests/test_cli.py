@@ -140,3 +140,12 @@ def test_explicit_backend_never_falls_back(monkeypatch):
     assert r.exit_code == 2 and "onnxruntime is not installed" in r.stderr
     r = run("score", "--backend", "auto", str(SAMPLES[0]))
     assert r.exit_code == 0 and "qds: using the gguf backend" in r.stderr or "qds: using the numpy backend" in r.stderr
+
+
+def test_bench_reports_every_backend_against_the_pillow_baseline():
+    r = run("bench", "--repeat", "1", str(SAMPLES[0]))
+    assert r.exit_code == 0, r.output
+    assert "Pillow decode only" in r.output
+    for name in ("onnx", "numpy"):
+        assert f"{name}: model (glance + zooms)" in r.output and f"{name}: decode + model" in r.output
+    assert "1.00x onnx" in r.output
