@@ -144,17 +144,19 @@ def main() -> None:
     if not a.retrain and log_path.exists() and json.loads(log_path.read_text())["settings"] == settings:
         with np.load(head_path, allow_pickle=False) as z:
             head = {k: z[k] for k in z.files}
-        history = json.loads(log_path.read_text())["history"]
+        log = json.loads(log_path.read_text())
+        history, minutes = log["history"], log.get("minutes")
         print(f"reusing the trained head in {head_path} (--retrain to train again)")
     else:
         head, history = train(init_head(cfg, SEED), cfg, data, dev, epochs=a.epochs, seed=SEED)
+        minutes = round((time.time() - t0) / 60, 1)
         np.savez(head_path, **head)
-        log_path.write_text(json.dumps({"settings": settings, "history": history}))
+        log_path.write_text(json.dumps({"settings": settings, "history": history, "minutes": minutes}))
     training = {
         "command": "python -m export.build", **settings,
         "samples": {"train": int(len(data["kinds"])), "dev": int(len(dev["kinds"]))},
         "photos": {s: len(pristine_photos(s)) for s in ("train", "dev", "test")},
-        "history": history, "minutes": round((time.time() - t0) / 60, 1),
+        "history": history, "minutes": minutes,  # data caching + training, when the head was trained
     }
     export_all(trunk | round_to_half(head), cfg, a.out, a.work, training, a.int8_encoder)
     print(json.dumps(history[-1]))

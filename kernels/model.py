@@ -35,6 +35,9 @@ TAP_CELL = (8, 4)  # feature pixels per cell side at each tap (glance 256 px -> 
 PIXEL_CELL = 64  # view pixels per cell side
 CLIP_HIGH, CLIP_LOW = 0.98, 0.02  # luma thresholds for clipped highlights / crushed shadows
 LUMA = (0.299, 0.587, 0.114)
+# Longest sequence the reasoner sees: 1 + 16 glance tokens + 16 zooms x (2 + 4) + verdict + 3 findings x 5 + eos
+# is 131; the RoPE tables (constants in the exported step graph) cover twice that.
+MAX_POSITIONS = 256
 
 
 def mobilenet_blocks() -> list[tuple[int, int, int, int]]:
@@ -134,28 +137,50 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.flatten(-2)
 
 
-def reasoner_forward(p: dict[str, torch.Tensor], cfg: CriticConfig, x: torch.Tensor,
-                     key_padding: torch.Tensor | None = None) -> torch.Tensor:
+def reasoner_forward(p: dict[str, torch.Tensor], cfg: CriticConfig, x: torch.Tensor) -> torch.Tensor:
     """x: (B, T, d_model) input embeddings -> logits (B, T, vocab). Causal."""
     B, T, d = x.shape
+    empty = x.new_zeros(cfg.n_layers, B, 0, cfg.n_heads, d // cfg.n_heads)
+    h, _, _ = _decoder(p, cfg, x, empty, empty)
+    return h @ p["dec.output"].T
+
+
+def reasoner_step(p: dict[str, torch.Tensor], cfg: CriticConfig, x: torch.Tensor, past_k: torch.Tensor,
+                  past_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One incremental step, as the runtime decodes: x (1, T, d_model) appended after the cached positions.
+
+    past_k, past_v: (n_layers, 1, P, n_heads, head_dim) keys (RoPE applied) and values of the P earlier
+    positions. Returns the logits of the last position (1, vocab) and the caches extended to P + T."""
+    h, k, v = _decoder(p, cfg, x, past_k, past_v)
+    return h[:, -1] @ p["dec.output"].T, k, v
+
+
+def _decoder(p: dict[str, torch.Tensor], cfg: CriticConfig, x: torch.Tensor, past_k: torch.Tensor,
+             past_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The layers shared by both entry points: new positions start right after the cached ones."""
+    B, T, d = x.shape
     hd = d // cfg.n_heads
-    cos, sin = rope_tables(T, hd, cfg.rope_theta)
-    cos, sin = cos.to(x.device), sin.to(x.device)
-    mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+    start = past_k.shape[2]
+    cos, sin = (t.to(x.device)[start:start + T] for t in rope_tables(MAX_POSITIONS, hd, cfg.rope_theta))
+    key_pos = torch.arange(start + T, device=x.device)
+    mask = key_pos[None, :] <= (torch.arange(T, device=x.device) + start)[:, None]
+    keys, values = [], []
     for li in range(cfg.n_layers):
         h = rms_norm(x, p[f"dec.{li}.attn_norm"], cfg.rms_eps)
         q = (h @ p[f"dec.{li}.wq"].T).view(B, T, cfg.n_heads, hd)
         k = (h @ p[f"dec.{li}.wk"].T).view(B, T, cfg.n_heads, hd)
         v = (h @ p[f"dec.{li}.wv"].T).view(B, T, cfg.n_heads, hd)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k, v = torch.cat([past_k[li], k], dim=1), torch.cat([past_v[li], v], dim=1)
+        keys.append(k)
+        values.append(v)
         att = torch.einsum("bthd,bshd->bhts", q, k) / math.sqrt(hd)
         att = att.masked_fill(~mask, float("-inf")).softmax(-1)
         o = torch.einsum("bhts,bshd->bthd", att, v).reshape(B, T, d)
         x = x + o @ p[f"dec.{li}.wo"].T
         h = rms_norm(x, p[f"dec.{li}.ffn_norm"], cfg.rms_eps)
         x = x + (F.silu(h @ p[f"dec.{li}.w_gate"].T) * (h @ p[f"dec.{li}.w_up"].T)) @ p[f"dec.{li}.w_down"].T
-    x = rms_norm(x, p["dec.out_norm"], cfg.rms_eps)
-    return x @ p["dec.output"].T
+    return rms_norm(x, p["dec.out_norm"], cfg.rms_eps), torch.stack(keys), torch.stack(values)
 
 
 def embed_sequence(p: dict[str, torch.Tensor], token_ids: torch.Tensor, visual: torch.Tensor,

@@ -10,6 +10,7 @@ import click
 
 from . import __version__, backends, load
 from . import protocol as P
+from .critic import load_ahead
 from .errors import QdsError
 from .model_store import available_models, resolve
 
@@ -36,14 +37,17 @@ def main() -> None:
 def score(paths: tuple[str, ...], as_json: bool, backend: str, zooms: int, threads: int | None,
           model: str | None) -> None:
     """Score photos: score 0-100, level, and the top findings with where they are."""
+    loads = load_ahead(paths)  # the first photo decodes while the critic loads
     try:
         critic = load(model, backend=backend, threads=threads, zooms=zooms)
     except QdsError as e:
         _fail(e)
     failed = 0
-    for path in paths:
+    for path, loaded in zip(paths, loads):
         try:
-            r = critic.score(path)
+            if isinstance(loaded, QdsError):
+                raise loaded
+            r = critic.score(loaded)
         except QdsError as e:
             failed += 1
             click.echo(f"qds: {e.message}", err=True)

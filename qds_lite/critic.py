@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -50,12 +52,56 @@ class Critic:
         return build_result(loaded.name, traj, loaded.original_size, self.model, self.backend.name, timings)
 
     def score_many(self, images: Iterable[Source], *, zooms: int | None = None) -> Iterator[Result | QdsError]:
-        """Stream results in input order; a bad input yields its QdsError instead of stopping the stream."""
-        for image in images:
+        """Stream results in input order; a bad input yields its QdsError instead of stopping the stream.
+
+        The next image is decoded in a background thread while the model looks at the current one.
+        """
+        for item in load_ahead(images):
+            if isinstance(item, QdsError):
+                yield item
+                continue
             try:
-                yield self.score(image, zooms=zooms)
+                yield self.score(item, zooms=zooms)
             except QdsError as e:
                 yield e
+
+
+class load_ahead(Iterator[LoadedImage | QdsError]):  # noqa: N801 - used like a generator function
+    """Iterate over loaded images (or the QdsError of each bad one) while a thread decodes the next.
+
+    Decoding starts as soon as this is constructed, so a caller can load the critic meanwhile:
+    Pillow and onnxruntime release the GIL, so on two cores the decode is nearly free. At most
+    ``depth`` images wait decoded beyond the one being scored, which keeps memory flat.
+    """
+
+    def __init__(self, sources: Iterable[Source | LoadedImage], depth: int = 1) -> None:
+        self._sources = iter(sources)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="qds-load")
+        self._pending: deque[Future] = deque()
+        for _ in range(depth + 1):
+            self._submit()
+
+    def _submit(self) -> None:
+        for source in self._sources:
+            self._pending.append(self._pool.submit(_load_or_error, source))
+            return
+        self._pool.shutdown(wait=False)
+
+    def __next__(self) -> LoadedImage | QdsError:
+        if not self._pending:
+            raise StopIteration
+        item = self._pending.popleft().result()
+        self._submit()
+        return item
+
+
+def _load_or_error(source: Source | LoadedImage) -> LoadedImage | QdsError:
+    if isinstance(source, LoadedImage):
+        return source
+    try:
+        return load_image(source)
+    except QdsError as e:
+        return e
 
 
 def load(model: str | os.PathLike | None = None, *, backend: str = "auto", threads: int | None = None,

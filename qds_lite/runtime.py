@@ -61,7 +61,7 @@ class Reasoner:
                 break
             new = self.tok_embd[[token]]
             if state == "after_zoom":
-                window, box = zoom_window(image.pixels, token - P.CELL0)
+                window, box = zoom_window(image.full, token - P.CELL0)
                 traj.zooms.append((token - P.CELL0, box))
                 new = np.concatenate([new, self.visual(window, P.ZOOM_SLOT0)])
             logits = session.step(new)

@@ -59,6 +59,19 @@ def test_score_many_streams_and_survives_bad_inputs(critic, tmp_path):
     assert out[0].file == SAMPLES[0].name and out[2].file == SAMPLES[1].name
 
 
+def test_load_ahead_keeps_order_and_yields_errors(tmp_path):
+    from qds_lite.critic import load_ahead
+    from qds_lite.io import LoadedImage
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    sources = [SAMPLES[0], bad, SAMPLES[1], SAMPLES[0]]
+    out = list(load_ahead(iter(sources), depth=2))
+    assert [type(x).__name__ for x in out] == ["LoadedImage", "ImageLoadError", "LoadedImage", "LoadedImage"]
+    assert [x.name for x in out if isinstance(x, LoadedImage)] == [SAMPLES[0].name, SAMPLES[1].name, SAMPLES[0].name]
+    assert list(load_ahead([])) == []
+
+
 def test_critic_load_alias_and_listing():
     assert isinstance(Critic.load(backend="numpy"), Critic)
     assert "qds-small-v1" in qds_lite.available_models()

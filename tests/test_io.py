@@ -422,6 +422,36 @@ def test_tiny_images(tmp_path, size):
         window, (x0, y0, x1, y1) = qio.zoom_window(out.pixels, cell)
         assert window.shape == (ZOOM_SIZE, ZOOM_SIZE, 3) and window.flags.c_contiguous
         assert 0 <= x0 < x1 <= size[0] and 0 <= y0 < y1 <= size[1]
+        from_pillow = qio.zoom_window(out.full, cell)  # what scoring crops from
+        np.testing.assert_array_equal(from_pillow[0], window)
+        assert from_pillow[1] == (x0, y0, x1, y1)
+
+
+def test_zoom_from_pillow_image_equals_zoom_from_array(tmp_path):
+    arr = (np.random.default_rng(3).random((300, 457, 3)) * 255).astype(np.uint8)
+    out = qio.load_image(save(Image.fromarray(arr), tmp_path / "z.png"))
+    assert isinstance(out.full, Image.Image)  # no full-size array is made unless asked for
+    for cell in range(N_CELLS):
+        a, box_a = qio.zoom_window(arr, cell)
+        b, box_b = qio.zoom_window(out.full, cell)
+        np.testing.assert_array_equal(a, b)
+        assert box_a == box_b
+    with pytest.raises(ValueError, match="RGB"):
+        qio.zoom_window(Image.new("L", (200, 200)), 0)
+
+
+def test_caller_pil_image_is_not_kept(tmp_path):
+    img = Image.new("RGB", (64, 64), (10, 20, 30))
+    out = qio.load_image(img)
+    img.paste((255, 255, 255), (0, 0, 64, 64))  # the caller keeps using their image
+    assert tuple(out.pixels[0, 0]) == (10, 20, 30)
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "WEBP"])
+def test_formats_outside_pillow_preinit_still_load(tmp_path, fmt):
+    arr = np.full((40, 50, 3), 90, np.uint8)
+    path = save(Image.fromarray(arr), tmp_path / "a.bin", fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    assert qio.load_image(path).original_size == (50, 40)
 
 
 # --- views ----------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The onnxruntime backend: int8 encoder, fp32 reasoner (re-run over the whole short sequence)."""
+"""The onnxruntime backend: the encoder graph and the reasoner's incremental step graph (key/value cache)."""
 
 from __future__ import annotations
 
@@ -31,16 +31,16 @@ class OnnxEncoder:
 
 
 class OnnxSession:
-    """The reasoner graph has no cache input: sequences are < 64 tokens, so each step re-runs them all."""
+    """Incremental decoding: the step graph takes and returns the key/value cache."""
 
-    def __init__(self, graph) -> None:
+    def __init__(self, graph, cache_shape: tuple[int, ...]) -> None:
         self.graph = graph
-        self.seq: list[np.ndarray] = []
+        self.k = self.v = np.zeros(cache_shape, np.float32)
 
     def step(self, embeddings: np.ndarray) -> np.ndarray:
-        self.seq.append(embeddings.astype(np.float32))
-        x = np.concatenate(self.seq)[None]
-        return self.graph.run(None, {"embeddings": x})[0][0, -1]
+        x = np.ascontiguousarray(embeddings, np.float32)[None]
+        logits, self.k, self.v = self.graph.run(None, {"embeddings": x, "past_k": self.k, "past_v": self.v})
+        return logits[0]
 
 
 class OnnxBackend:
@@ -49,6 +49,8 @@ class OnnxBackend:
     def __init__(self, files: ModelFiles, threads: int | None) -> None:
         self.encode = OnnxEncoder(files.path("encoder_onnx"), threads)
         self.reasoner = session(files.path("reasoner_onnx"), threads)
+        cfg = files.config
+        self.cache_shape = (cfg["n_layers"], 1, 0, cfg["n_heads"], cfg["d_model"] // cfg["n_heads"])
 
     def start(self) -> OnnxSession:
-        return OnnxSession(self.reasoner)
+        return OnnxSession(self.reasoner, self.cache_shape)
