@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -62,14 +63,204 @@ def score(paths: tuple[str, ...], as_json: bool, backend: str, zooms: int, threa
     sys.exit(1 if failed else 0)
 
 
+def _score_all(paths: tuple[str, ...], model: str | None, backend: str, zooms: int):
+    """Load the critic and score ``paths`` in order; yields (path, LoadedImage, Result) or (path, QdsError, None)."""
+    loads = load_ahead(paths)
+    try:
+        critic = load(model, backend=backend, zooms=zooms)
+    except QdsError as e:
+        _fail(e)
+    for path, loaded in zip(paths, loads):
+        if isinstance(loaded, QdsError):
+            yield path, loaded, None
+            continue
+        try:
+            yield path, loaded, critic.score(loaded)
+        except QdsError as e:
+            yield path, e, None
+
+
+_MODEL_OPTIONS = (
+    click.option("--backend", type=click.Choice(("auto",) + backends.BACKENDS), default="auto", show_default=True),
+    click.option("--model", default=None, help="Bundled model name or folder with a manifest.json."),
+    click.option("--zooms", type=click.IntRange(0, P.N_CELLS), default=P.DEFAULT_ZOOMS, show_default=True),
+)
+
+
+def _model_options(fn):
+    for option in reversed(_MODEL_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+@main.command()
+@click.argument("photo", type=click.Path())
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Picture to write (.png, .jpg or .webp), or .html with --html.")
+@click.option("--html", "as_html", is_flag=True, help="Interactive page: hover a finding to see the zoomed crop.")
+@click.option("--width", type=click.IntRange(320, 8000), default=1200, show_default=True)
+@_model_options
+def explain(photo: str, out: Path, as_html: bool, width: int, backend: str, model: str | None, zooms: int) -> None:
+    """Draw the critic's zooms and findings on PHOTO, with its score, level distribution and rationale."""
+    from .explain import write_explanation, write_explanation_html
+
+    for path, loaded, r in _score_all((photo,), model, backend, zooms):
+        if r is None:
+            click.echo(f"qds: {loaded.message}", err=True)
+            sys.exit(1)
+        try:
+            (write_explanation_html if as_html else write_explanation)(loaded, r, out, width=width, input_path=path)
+        except QdsError as e:
+            _fail(e)
+        click.echo(f"{path}  {r.score:5.1f}  {r.level}: {r.rationale}")
+        click.echo(f"wrote {out}", err=True)
+
+
+@main.command()
+@click.argument("photos", nargs=-1, required=True, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Probabilities, ranking and reasons as one JSON object.")
+@_model_options
+def compare(photos: tuple[str, ...], as_json: bool, backend: str, model: str | None, zooms: int) -> None:
+    """P(one photo better than another) under the Thurstone model, a ranking with confidence, and reasons."""
+    from .compare import compare as compare_results
+
+    if len(photos) < 2:
+        _fail(QdsError("compare needs at least two photos"))
+    results, failed = [], 0
+    for path, loaded, r in _score_all(photos, model, backend, zooms):
+        if r is None:
+            failed += 1
+            click.echo(f"qds: {loaded.message}", err=True)
+        else:
+            results.append(r.__class__(**(r.__dict__ | {"file": path})))
+    if len(results) < 2:
+        sys.exit(1)
+    c = compare_results(results)
+    if as_json:
+        click.echo(json.dumps(c.to_json()))
+    else:
+        for n, item in enumerate(c.ranking, 1):
+            conf = "" if item.confidence is None else f"  P(better than #{n + 1}) = {item.confidence:.2f}"
+            click.echo(f"#{n}  {item.score:5.1f}  {c.files[item.index]}{conf}")
+        for pair in c.pairs:
+            click.echo(f"{c.files[pair.better]} > {c.files[pair.worse]}: P = {pair.prob:.2f}")
+            for reason in pair.reasons:
+                click.echo(f"    {reason}")
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--workers", type=click.IntRange(1, 256), default=None, help="Processes (default: all cores).")
+@click.option("--backend", type=click.Choice(("auto",) + backends.BACKENDS), default="auto", show_default=True)
+@click.option("--model", default=None, help="Bundled model name or folder with a manifest.json.")
+@click.option("--zooms", type=click.IntRange(0, P.N_CELLS), default=P.DEFAULT_ZOOMS, show_default=True)
+@click.option("--cache", "cache_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="SQLite cache of results [default: $QDS_CACHE_DIR, $XDG_CACHE_HOME/qds or ~/.cache/qds].")
+@click.option("--no-cache", is_flag=True, help="Score everything afresh and keep no cache.")
+@click.option("--xmp/--no-xmp", default=True, show_default=True, help="Merge ratings and findings into XMP sidecars.")
+@click.option("--xmp-style", type=click.Choice(("append", "replace")), default="append", show_default=True,
+              help="append: photo.jpg.xmp (darktable, digiKam); replace: photo.xmp (Lightroom).")
+@click.option("--xmp-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write sidecars here (subfolders mirrored) instead of beside the photos.")
+@click.option("--pick-label", default="Green", show_default=True, help="xmp:Label of picks; 'none': no labels.")
+@click.option("--respect-existing-ratings/--overwrite-ratings", default=True, show_default=True,
+              help="Keep star ratings that a person (not qds) put in existing sidecars.")
+@click.option("--reject-below", type=click.FloatRange(0, 100), default=20.0, show_default=True,
+              help="Scores below this are rated -1 (rejected).")
+@click.option("--dry-run", is_flag=True, help="Score, then show what would change; write no sidecar and copy nothing.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--jsonl", "jsonl_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Contact sheet (thumbnails in a folder beside it); opens from disk, no network.")
+@click.option("--top", type=click.IntRange(1), default=None, help="List (and deliver) only the N best.")
+@click.option("--min-score", type=click.FloatRange(0, 100), default=None, help="List and deliver only scores >= this.")
+@click.option("--sort", type=click.Choice(("score", "time", "name")), default="score", show_default=True)
+@click.option("--copy-picks", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Copy the keepers (best of each burst, not rejected) here. Originals are never moved.")
+@click.option("--link-picks", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Symlink the keepers here instead of copying.")
+@click.option("--burst-gap", type=click.FloatRange(0), default=2.0, show_default=True,
+              help="Seconds between frames of one burst.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+def triage(inputs: tuple[str, ...], workers: int | None, backend: str, model: str | None, zooms: int,
+           cache_path: Path | None, no_cache: bool, xmp: bool, xmp_style: str, xmp_dir: Path | None, pick_label: str,
+           respect_existing_ratings: bool, reject_below: float, dry_run: bool, csv_path: Path | None,
+           jsonl_path: Path | None, html_path: Path | None, top: int | None, min_score: float | None, sort: str,
+           copy_picks: Path | None, link_picks: Path | None, burst_gap: float, quiet: bool) -> None:
+    """Triage a whole shoot: rank, group bursts, pick the best of each, rate in XMP sidecars, report."""
+    from . import triage as T
+    from . import triage_outputs as O
+    from .progress import Progress
+    from .triage_cache import default_path
+
+    if copy_picks and link_picks:
+        _fail(QdsError("choose one of --copy-picks and --link-picks"))
+    outputs = [p for p in (csv_path, jsonl_path, html_path) if p]
+    exclude = [p.parent / f"{p.stem}_files" for p in outputs] + [d for d in (copy_picks, link_picks, xmp_dir) if d]
+    bar = Progress(quiet)
+    try:
+        run = T.run(inputs, model=model, backend=backend, zooms=zooms, workers=workers,
+                    cache_path=None if no_cache else (cache_path or default_path()), exclude=exclude,
+                    max_gap_s=burst_gap, progress=bar.start)
+    except QdsError as e:
+        bar.close()
+        _fail(e)
+    bar.close()
+    if run.interrupted:
+        click.echo(O.summary(run, reject_below), err=True)
+        sys.exit(130)
+    problems = [(p, p.error) for p in run.failed]
+    shown = O.ranked([p for p in run.scored if min_score is None or p.score >= min_score], sort)[:top]
+    for line in O.listing(shown, reject_below):
+        click.echo(line)
+    if xmp:
+        rep = O.write_sidecars(run, style=xmp_style, xmp_dir=xmp_dir,
+                               pick_label=None if pick_label.lower() == "none" else pick_label,
+                               respect_existing_rating=respect_existing_ratings, reject_below=reject_below,
+                               dry_run=dry_run)
+        problems += rep.errors
+        for line in rep.lines if dry_run else ():
+            click.echo(f"dry run: would {line}", err=True)
+        if not quiet:
+            verb = "would be" if dry_run else "were"
+            click.echo(f"xmp: {rep.created} sidecars {verb} created, {rep.updated} updated, {rep.unchanged} unchanged; "
+                       f"{rep.kept_ratings} existing ratings kept", err=True)
+    everything = O.ranked(run.photos, sort)
+    for path, write in ((csv_path, O.write_csv), (jsonl_path, O.write_jsonl), (html_path, O.write_html)):
+        if path is None:
+            continue
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(path, everything, run, reject_below)
+        except OSError as e:
+            _fail(QdsError(f"{path}: cannot write ({e.strerror or e})"))
+        if not quiet:
+            click.echo(f"wrote {path}", err=True)
+    dest = copy_picks or link_picks
+    if dest:
+        picks = O.ranked([p for p in O.keepers(run, reject_below, min_score)], "score")[:top]
+        if dry_run:
+            click.echo(f"dry run: would {'link' if link_picks else 'copy'} {len(picks)} keepers into {dest}", err=True)
+        else:
+            n, errors = O.deliver(picks, dest, run, link=bool(link_picks))
+            problems += errors
+            if not quiet:
+                click.echo(f"picks: {n} of {len(picks)} keepers {'linked' if link_picks else 'copied'} into {dest}",
+                           err=True)
+    for photo, message in problems:
+        click.echo(f"qds: {photo.display}: {message}", err=True)
+    if not quiet:
+        click.echo(O.summary(run, reject_below), err=True)
+    sys.exit(1 if problems else 0)
+
+
 @main.command()
 @click.argument("image", type=click.Path(exists=True, dir_okay=False))
 @click.option("--repeat", type=click.IntRange(1, 1000), default=10, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 64), default=None)
 def bench(image: str, repeat: int, threads: int | None) -> None:
     """Speed on this machine for IMAGE: model time per backend, as ratios to a Pillow decode of it."""
-    from pathlib import Path
-
     from .bench import run
 
     path = Path(image)
