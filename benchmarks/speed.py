@@ -54,7 +54,7 @@ def make_test_jpeg(path: Path) -> Path:
     """The deterministic 12 MP test JPEG (kept when it already exists: same input, same bytes)."""
     if path.is_file():
         return path
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     from export.data import pristine_photos
 
@@ -66,22 +66,30 @@ def make_test_jpeg(path: Path) -> Path:
         return (h > w, -(w * h), p.as_posix())
 
     src = min(pristine_photos("test"), key=key)
+    upscaled_jpeg(src, path)
+    return path
+
+
+def upscaled_jpeg(src: Path, path: Path, size: tuple[int, int] = SYNTH_SIZE) -> Path:
+    """``src`` oriented, centre-cropped to the aspect of ``size``, LANCZOS-resized to it, JPEG q92, atomically."""
+    from PIL import Image, ImageOps
+
     with Image.open(src) as im:
         img = ImageOps.exif_transpose(im).convert("RGB")
     w, h = img.size
-    tw, th = SYNTH_SIZE
+    tw, th = size
     if w * th > h * tw:  # too wide: crop the sides
         cw = round(h * tw / th)
         box = ((w - cw) // 2, 0, (w - cw) // 2 + cw, h)
     else:
         ch = round(w * th / tw)
         box = (0, (h - ch) // 2, w, (h - ch) // 2 + ch)
-    big = img.crop(box).resize(SYNTH_SIZE, Image.Resampling.LANCZOS)
+    big = img.crop(box).resize(size, Image.Resampling.LANCZOS)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.jpg")
     big.save(tmp, format="JPEG", quality=SYNTH_QUALITY)
     os.replace(tmp, path)
-    print(f"speed: made {path} from {src.name} ({w}x{h} -> {tw}x{th}, JPEG q{SYNTH_QUALITY})", file=sys.stderr)
+    print(f"made {path} from {src.name} ({w}x{h} -> {tw}x{th}, JPEG q{SYNTH_QUALITY})", file=sys.stderr)
     return path
 
 

@@ -234,7 +234,7 @@ def _link_bursts(
         else:
             union(best.first, i)
             best.last_time = f.time
-            best.recent = [*best.recent[1 - _RECENT:], h]
+            best.recent = (best.recent + [h])[-_RECENT:]
 
 
 def _link_near_duplicates(frames: list[Frame], dup_distance: int, union: Callable[[int, int], None]) -> None:

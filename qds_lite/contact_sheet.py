@@ -1,8 +1,9 @@
 """The triage contact sheet: one self-contained HTML page that opens from disk with no server and no network.
 
-Thumbnails live beside the page in ``<stem>_files/`` (one small JPEG per photo, named by index, never by the
-user's file name), so the page stays small for 50,000 photos. Records are streamed: the page is written as they
-arrive, and only the failed-file list goes to a temporary spool, so memory stays flat however big the shoot.
+Thumbnails live beside the page in ``<stem>_files/`` (one small JPEG per photo, named by a run token and the
+record's index, never by the user's file name), so the page stays small for 50,000 photos. Records are streamed:
+the page is written as they arrive, and only the failed-file list goes to a temporary spool, so memory stays flat
+however big the shoot.
 A Content-Security-Policy forbids every fetch except the thumbnails beside the page and runs only the one script
 whose hash it names, so even a file name that slipped past escaping could not run code.
 """
@@ -15,22 +16,29 @@ import html
 import io
 import json
 import math
+import os
+import re
+import secrets
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import IO
 from urllib.parse import quote
 
 from PIL import Image
 
-from .atomic import atomic_open, write_bytes_atomic
+from .atomic import atomic_open
 
 LEVELS = ("bad", "poor", "fair", "good", "excellent")
+_THUMB = re.compile(r"[0-9a-f]{8}-[0-9]{6,}\.jpg")  # thumbnail names this module writes (and removes)
 
 _CSS = """
 :root{color-scheme:dark;--bg:#111214;--card:#1b1d21;--line:#2c2f36;--fg:#e7e9ee;--dim:#9aa1ad;--accent:#ffd166;
 --bad:#e5484d;--poor:#f76b15;--fair:#e2b93b;--good:#46a758;--excellent:#3e9bf5}
-*{box-sizing:border-box}[hidden]{display:none!important}
+*{box-sizing:border-box}
+.card,.burst{content-visibility:auto;contain-intrinsic-size:auto 330px}  /* 50,000 cards: lay out what is seen */
+[hidden]{display:none!important}
 body{margin:0;background:var(--bg);color:var(--fg);font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif}
 header{position:sticky;top:0;z-index:5;background:rgba(17,18,20,.94);backdrop-filter:blur(6px);
 border-bottom:1px solid var(--line);padding:12px 20px}
@@ -153,8 +161,8 @@ def _card(rec: dict, img: str | None, size: tuple[int, int] | None) -> str:
         thumb = '<span class="noimg">no preview</span>'
     else:
         wh = f' width="{size[0]}" height="{size[1]}"' if size else ""
-        link = rec.get("link")
-        href = f' href="{_e(quote(str(link), safe="/", errors="surrogateescape"))}"' if link else ""
+        link = str(rec.get("link") or "").replace(os.sep, "/")  # quoted whole, so it can only be a relative path
+        href = f' href="{_e(quote(link, safe="/", errors="surrogateescape"))}"' if link else ""
         thumb = f'<a class="thumb"{href}><img src="{_e(img)}"{wh} alt="" loading="lazy">{boxes}</a>'
     probs = "".join(f'<i style="height:{_num(p, 0, 1) * 100:.0f}%"></i>' for p in (rec.get("level_probs") or ())[:5])
     stars = "rejected" if rej else "★" * rating + "☆" * (5 - rating)
@@ -184,13 +192,30 @@ def write_contact_sheet(
     ``error`` and an optional ``link``: a path to the original relative to `out`'s folder) in display order,
     members of a burst group consecutive with the pick first. They are consumed once, as they come.
     `thumbnail(record)` gives JPEG bytes (about 320 px long side) or None; it is not called for failed records.
-    The page is written atomically: a crash leaves the previous report (or none), never half of one.
+    The page is written atomically: a crash leaves the previous report and its thumbnails (or none), never half
+    of one. Exceptions from `records` or `thumbnail` propagate.
     """
     out = Path(out)
     files = out.with_name(f"{out.stem}_files")
     files.mkdir(exist_ok=True)
+    run = secrets.token_hex(4)  # this run's thumbnail names: never overwrites one the current report shows
+    done = False
+    try:
+        with atomic_open(out, "w", encoding="utf-8") as f:
+            _write_page(f, records, thumbnail, files, run, title)
+        done = True
+    finally:  # keep only the thumbnails of the report now in place: this run's if it finished, else the old ones
+        for p in files.iterdir():
+            if _THUMB.fullmatch(p.name) and p.name.startswith(run) != done:
+                p.unlink(missing_ok=True)
+    return out
+
+
+def _write_page(
+    f: IO[str], records: Iterable[dict], thumbnail: Callable[[dict], bytes | None], files: Path, run: str, title: str
+) -> None:
     counts: Counter[str] = Counter({k: 0 for k in (*LEVELS, "total", "picks", "rejected", "failed")})
-    with atomic_open(out, "w", encoding="utf-8") as f, tempfile.TemporaryFile("w+", encoding="utf-8") as failed:
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as failed:
         f.write(_header(title))
         group = None  # the burst group whose strip is open
         for i, rec in enumerate(records):
@@ -209,8 +234,11 @@ def write_contact_sheet(
             img = size = None
             data = thumbnail(rec)
             if data is not None:
-                name = f"{i:06d}.jpg"
-                write_bytes_atomic(files / name, data)
+                # A fresh name per run, so no fsync and no temp file is needed: until the page that names it
+                # replaces the old one atomically, nothing points at it, and a failed run's files are removed.
+                name = f"{run}-{i:06d}.jpg"
+                with open(files / name, "xb") as t:
+                    t.write(data)
                 img = f"{quote(files.name, errors='surrogateescape')}/{name}"
                 with Image.open(io.BytesIO(data)) as im:  # header only: lets the page reserve the box
                     size = im.size
@@ -229,4 +257,3 @@ def write_contact_sheet(
         summary = json.dumps({"levels": LEVELS, "counts": counts}).replace("<", "\\u003c")
         f.write(f'<script type="application/json" id="summary">{summary}</script>\n<script>{_JS}</script>\n')
         f.write("</body></html>\n")
-    return out

@@ -3,11 +3,13 @@
 Also defines the two views the critic looks at: the glance (whole image, squashed to a square) and
 the zoom (a window of native pixels around a grid cell). Training uses the same two functions.
 
-Only numpy, Pillow and the standard library are imported here (never torch).
+Only numpy, Pillow and the standard library are imported here (never torch); the optional HEIF
+reader (pi-heif or pillow-heif) and rawpy are imported only when a file's content needs them.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 import math
 import os
@@ -21,6 +23,7 @@ from functools import cached_property, lru_cache
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from . import raw_preview
 from .errors import ImageLoadError, QdsError
 from .protocol import GLANCE_SIZE, N_CELLS, ZOOM_SIZE, cell_box
 
@@ -58,6 +61,17 @@ class LoadedImage:
         """
         return self.full if isinstance(self.full, np.ndarray) else _to_array(self.full)
 
+    def thumbnail(self, long_side: int) -> Image.Image:
+        """The whole image at ``long_side`` px (aspect kept), resized from the glance's intermediate reduction
+        of the full image where that is large enough, so a thumbnail costs no second pass over 12 MP."""
+        w, h = self.original_size
+        s = min(1.0, long_side / max(w, h))
+        size = (max(1, round(w * s)), max(1, round(h * s)))
+        base = self.__dict__.get("_reduced")
+        if base is None or base.width < size[0] or base.height < size[1]:
+            base = self.full if isinstance(self.full, Image.Image) else Image.fromarray(self.full)
+        return base.resize(size, Image.BILINEAR, reducing_gap=2.0)
+
 
 Source = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
@@ -83,7 +97,10 @@ def load_image(source: Source, *, max_pixels: int | None = None) -> LoadedImage:
     if not owned:  # never keep a reference to the caller's image: they may change it later
         img = img.copy()
     img = _to_srgb(img, name, owned=True)
-    return LoadedImage(name, img, img.size, _glance_of(img))
+    glance, reduced = _glance_and_reduced(img)
+    loaded = LoadedImage(name, img, img.size, glance)
+    loaded.__dict__["_reduced"] = reduced  # kept for LoadedImage.thumbnail (not a field: not part of equality)
+    return loaded
 
 
 def fast_glance(source: str | os.PathLike | bytes, *, max_pixels: int | None = None) -> np.ndarray:
@@ -262,7 +279,12 @@ def _identify(data: bytes, name: str) -> Image.Image:
 
     ``Image.init()`` imports some forty plugin modules (about 0.1 s, a fifth of scoring one photo);
     ``Image.preinit()`` registers only JPEG, PNG, GIF, BMP and PPM, which covers most photos.
+    HEIF, AVIF and camera RAW (its embedded preview) are recognised from the first bytes and
+    opened directly; plain TIFFs go through Pillow as before.
     """
+    kind = _container_kind(data)
+    if kind is not None:  # HEIF, AVIF or camera RAW; JPEG, PNG, plain TIFF etc. go on below
+        return _identify_container(data, name, kind)
     Image.preinit()
     try:
         with _pillow_bomb_check_off():  # our own limit decides, after this
@@ -272,6 +294,87 @@ def _identify(data: bytes, name: str) -> Image.Image:
     Image.init()  # registers every plugin, so Image.ID lists them (and any added by third parties)
     formats = [f for f in Image.ID if f not in _REFUSED_FORMATS]
     return _pillow_call(name, None, Image.open, io.BytesIO(data), formats=formats)
+
+
+# ISO-BMFF (``ftyp`` box) brands: HEIF still images (HEVC-coded or generic), AVIF, Canon CR3.
+_HEIC_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx"}
+_HEIF_BRANDS = _HEIC_BRANDS | {b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+_CR3_BRAND = b"crx "
+HEIF_EXTRA_HINT = "HEIF image needs the heif extra (pip install 'qds-lite[heif]')"
+AVIF_PILLOW_HINT = "AVIF image needs Pillow 11.3 or later with AVIF support (pip install -U pillow)"
+_heif_lock = threading.Lock()
+_heif_registered = False
+
+
+def _container_kind(data: bytes) -> str | None:
+    """'heif', 'avif' or 'raw' from the content; None (cheaply) for everything else, plain TIFF included."""
+    if data[4:8] == b"ftyp":
+        return _ftyp_kind(data)
+    if data[:4] in raw_preview.TIFF_SIGNATURES:
+        return "raw" if raw_preview.tiff_is_raw(data) else None
+    return "raw" if raw_preview.has_raw_signature(data[:16]) else None
+
+
+def _ftyp_kind(data: bytes) -> str | None:
+    """Classify an ISO-BMFF file by its ``ftyp`` box: major brand first, then the compatible ones."""
+    size = struct.unpack(">I", data[:4])[0]
+    end = min(max(size, 16), 16 + 4 * 64, len(data))
+    major = data[8:12]
+    brands = {major, *(data[i:i + 4] for i in range(16, end - 3, 4))}
+    if _CR3_BRAND in brands:
+        return "raw"
+    if major in _AVIF_BRANDS:
+        return "avif"
+    if brands & _HEIC_BRANDS:
+        return "heif"
+    if brands & _AVIF_BRANDS:
+        return "avif"
+    if brands & _HEIF_BRANDS:
+        return "heif"
+    return None  # a video or other ISO-BMFF file: Pillow decides (and refuses it)
+
+
+def _identify_container(data: bytes, name: str, kind: str) -> Image.Image:
+    """Open a HEIF or AVIF file, or a camera RAW's embedded preview (not decoded yet where possible)."""
+    if kind == "raw":
+        return _pillow_call(name, None, raw_preview.open_preview, data, name)
+    if kind == "avif":
+        try:
+            from PIL import AvifImagePlugin  # registers the format; Pillow >= 11.3
+        except ImportError:
+            raise ImageLoadError(f"{name}: {AVIF_PILLOW_HINT}") from None
+        if not getattr(AvifImagePlugin, "SUPPORTED", False):
+            raise ImageLoadError(f"{name}: {AVIF_PILLOW_HINT}")
+        fmt = "AVIF"
+    else:
+        _register_heif(name)
+        fmt = "HEIF"
+    return _pillow_call(name, None, _open_as, data, name, fmt)
+
+
+def _open_as(data: bytes, name: str, fmt: str) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data), formats=[fmt])
+    except Image.UnidentifiedImageError:  # the plugin could not parse what the ftyp box announced
+        raise ImageLoadError(f"{name}: corrupt or truncated {fmt} data") from None
+
+
+def _register_heif(name: str) -> None:
+    """Register a HEIF opener with Pillow on first use: pi-heif (decoder only), else pillow-heif."""
+    global _heif_registered
+    with _heif_lock:
+        if _heif_registered:
+            return
+        for module in ("pi_heif", "pillow_heif"):
+            try:
+                plugin = importlib.import_module(module)
+            except ImportError:
+                continue
+            plugin.register_heif_opener()
+            _heif_registered = True
+            return
+    raise ImageLoadError(f"{name}: {HEIF_EXTRA_HINT}")
 
 
 def _orientation(img: Image.Image) -> int:
@@ -361,8 +464,17 @@ def _to_array(img: Image.Image) -> np.ndarray:
 
 
 def _glance_of(img: Image.Image) -> np.ndarray:
-    small = img.resize((GLANCE_SIZE, GLANCE_SIZE), Image.BILINEAR, reducing_gap=2.0)
-    return np.array(small, dtype=np.uint8)
+    return _glance_and_reduced(img)[0]
+
+
+def _glance_and_reduced(img: Image.Image) -> tuple[np.ndarray, Image.Image]:
+    """``img.resize((G, G), BILINEAR, reducing_gap=2.0)`` spelled out (bit-identical, a test checks it) so that
+    its intermediate integer reduction of the image can be kept and reused for thumbnails."""
+    w, h = img.size
+    fx, fy = max(1, int(w / GLANCE_SIZE / 2.0)), max(1, int(h / GLANCE_SIZE / 2.0))
+    reduced = img.reduce((fx, fy)) if fx > 1 or fy > 1 else img
+    small = reduced.resize((GLANCE_SIZE, GLANCE_SIZE), Image.BILINEAR, box=(0, 0, w / fx, h / fy))
+    return np.array(small, dtype=np.uint8), reduced
 
 
 def _check_rgb(pixels: np.ndarray) -> np.ndarray:

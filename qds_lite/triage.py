@@ -20,11 +20,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
 from . import protocol as P
 from .bursts import Frame, capture_time, dhash, group_bursts
 from .errors import QdsError
+from .io import LoadedImage, load_image
 from .triage_cache import Entry, TriageCache, file_sha256, options_digest, result_key
 
 THUMB_SIZE = 320  # long side of the contact-sheet thumbnails kept in the cache (about 15 KB each)
@@ -152,8 +151,6 @@ def _init_worker(model: str | None, backend: str, zooms: int, cache_path: str, d
 
 def _score_one(task: tuple[str, str | None]) -> dict:
     """Hash, look up, else decode + score one file. Returns a plain dict (it crosses processes)."""
-    from .io import load_image
-
     path, sha = task
     critic, cache = _worker["critic"], _worker["cache"]
     try:
@@ -172,7 +169,7 @@ def _score_one(task: tuple[str, str | None]) -> dict:
     except OSError as e:  # vanished or unreadable between the walk and now
         return {"path": path, "error": _os_reason(e)}
     return {"path": path, "sha": sha, "key": key, "cached": False, "trace": result.trace,
-            "phash": dhash(loaded.glance), "time": when, "time_source": source, "thumbnail": _thumbnail(loaded.full)}
+            "phash": dhash(loaded.glance), "time": when, "time_source": source, "thumbnail": _thumbnail(loaded)}
 
 
 def _os_reason(e: OSError) -> str:
@@ -187,14 +184,9 @@ def _reason(message: str, path: str) -> str:
     return message[len(prefix):] if message.startswith(prefix) else message
 
 
-def _thumbnail(full: Image.Image | object) -> bytes:
-    img = full if isinstance(full, Image.Image) else Image.fromarray(full)
-    w, h = img.size
-    s = THUMB_SIZE / max(w, h)
-    small = img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR, reducing_gap=2.0) \
-        if s < 1 else img
+def _thumbnail(loaded: LoadedImage) -> bytes:
     buf = io.BytesIO()
-    small.save(buf, "JPEG", quality=80)
+    loaded.thumbnail(THUMB_SIZE).save(buf, "JPEG", quality=80)
     return buf.getvalue()
 
 
@@ -208,19 +200,23 @@ def run(inputs: Iterable[str | os.PathLike], *, model: str | None = None, backen
     returns a callback invoked once per photo as it completes. Ctrl-C stops early with
     ``interrupted`` set; everything scored so far is in the cache.
     """
-    from . import load
+    from . import backends, load
+    from .model_store import resolve
 
     t0 = time.perf_counter()
     photos, ignored = discover(inputs, exclude)
-    critic = load(model, backend=backend, threads=1, zooms=zooms)  # fails early on a bad model or backend
+    files = resolve(model)  # sha256-verified; fails early on a bad model
+    model_info = {"name": files.name, "sha256": files.sha256}
+    if backend == "auto":
+        usable = backends.probe()
+        backend = next(name for name in backends.BACKENDS if usable[name] is None)
     tmp = None
     if cache_path is None:
         tmp = tempfile.TemporaryDirectory(prefix="qds-triage-")
         cache_path = Path(tmp.name) / "triage.sqlite3"
     cache = TriageCache(cache_path)
-    digest = options_digest(zooms=zooms, backend=critic.backend_name)
-    run_ = TriageRun(photos, cache, critic.model, critic.backend_name, ignored, roots=[Path(i) for i in inputs],
-                     cache_dir=tmp)
+    digest = options_digest(zooms=zooms, backend=backend)
+    run_ = TriageRun(photos, cache, model_info, backend, ignored, roots=[Path(i) for i in inputs], cache_dir=tmp)
     done = progress(len(photos)) if progress else (lambda _p: None)
 
     todo: list[tuple[str, str | None]] = []
@@ -236,15 +232,18 @@ def run(inputs: Iterable[str | os.PathLike], *, model: str | None = None, backen
             photo.error = _os_reason(e)
             done(photo)
             continue
-        key = sha and result_key(sha, critic.model["sha256"], digest)
+        key = sha and result_key(sha, files.sha256, digest)
         if key and _fill_from_cache(photo, cache, key):
             done(photo)
             continue
         todo.append((path, sha))
         by_path[path] = photo
+    # Loaded here only when something needs scoring: a fully cached re-run never pays for it. Also run in
+    # this process when one worker is enough, and checks the backend before any worker starts.
+    critic = load(model, backend=backend, threads=1, zooms=zooms) if todo else None
 
     try:
-        for out in _map(todo, critic, model, critic.backend_name, zooms, cache_path, digest, workers):
+        for out in _map(todo, critic, model, backend, zooms, cache_path, digest, workers):
             photo = by_path[out["path"]]
             if "error" in out:
                 photo.error = out["error"]

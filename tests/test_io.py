@@ -467,6 +467,19 @@ def test_glance_shape_dtype_and_consistency(tmp_path):
         qio.glance_view(np.zeros((4, 4), np.uint8))
 
 
+@pytest.mark.parametrize("size", [(4000, 3000), (1001, 777), (513, 2049), (256, 256), (300, 20)])
+def test_glance_is_pillow_reducing_gap_resize_and_thumbnail_keeps_aspect(size):
+    img = Image.fromarray((np.random.default_rng(4).random((size[1], size[0], 3)) * 255).astype(np.uint8))
+    out = qio.load_image(img)
+    expected = np.array(img.resize((GLANCE_SIZE, GLANCE_SIZE), Image.BILINEAR, reducing_gap=2.0))
+    np.testing.assert_array_equal(out.glance, expected)  # the view the critic was trained on
+    thumb = out.thumbnail(320)
+    scale = min(1.0, 320 / max(size))
+    assert thumb.size == (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+    direct = np.array(img.resize(thumb.size, Image.BILINEAR), dtype=float)
+    assert np.abs(np.array(thumb, dtype=float) - direct).mean() < 12  # same picture, resampled differently
+
+
 def test_fast_glance_approximates_glance(tmp_path):
     ys, xs = np.mgrid[0:1200, 0:1600]
     smooth = np.stack([xs * 255 // 1600, ys * 255 // 1200, (xs + ys) * 255 // 2800], -1).astype(np.uint8)
