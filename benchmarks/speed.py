@@ -70,12 +70,15 @@ def make_test_jpeg(path: Path) -> Path:
     return path
 
 
-def upscaled_jpeg(src: Path, path: Path, size: tuple[int, int] = SYNTH_SIZE) -> Path:
-    """``src`` oriented, centre-cropped to the aspect of ``size``, LANCZOS-resized to it, JPEG q92, atomically."""
+def upscaled_jpeg(src: Path, path: Path, size: tuple[int, int] = SYNTH_SIZE, mirror: bool = False) -> Path:
+    """``src`` oriented (and mirrored if asked), centre-cropped to the aspect of ``size``, LANCZOS-resized to it,
+    JPEG q92, written atomically."""
     from PIL import Image, ImageOps
 
     with Image.open(src) as im:
         img = ImageOps.exif_transpose(im).convert("RGB")
+    if mirror:
+        img = ImageOps.mirror(img)
     w, h = img.size
     tw, th = size
     if w * th > h * tw:  # too wide: crop the sides

@@ -11,8 +11,8 @@ Measured in one run, round-robin, whole processes (start-up included on both sid
 
 Reported: images/s of each, (b)/(a) (the bar: >= 0.8), (b) wall / (c) wall (the bar: >= 20), and the peak
 RSS of the largest process of each run (``RUSAGE_CHILDREN``: the parent or one worker). The folder is made
-deterministically from the held-out test photos, each centre-cropped to 4:3 and upscaled to 4000x3000
-(JPEG q92), as in benchmarks.speed.
+deterministically from the held-out test photos (then their mirror images), each centre-cropped to 4:3 and
+upscaled to 4000x3000 (JPEG q92), as in benchmarks.speed.
 """
 
 from __future__ import annotations
@@ -61,9 +61,13 @@ def pillow_baseline(folder: Path, workers: int) -> None:
 def make_shoot(folder: Path, n: int) -> list[Path]:
     from export.data import pristine_photos
 
-    photos = sorted(pristine_photos("test"))[:n]
-    return [p if (p := folder / f"{i:03d}_{src.stem}.jpg").is_file() else upscaled_jpeg(src, p)
-            for i, src in enumerate(photos)]
+    photos = sorted(pristine_photos("test"))
+    files = []
+    for i in range(n):  # past the held-out photos, their mirror images (distinct content for the cache)
+        src, mirror = photos[i % len(photos)], (i // len(photos)) % 2 == 1
+        path = folder / f"{i:03d}_{src.stem}{'_m' if mirror else ''}.jpg"
+        files.append(path if path.is_file() else upscaled_jpeg(src, path, mirror=mirror))
+    return files
 
 
 def measure(cmd: list[str]) -> dict:
@@ -76,7 +80,7 @@ def measure(cmd: list[str]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--photos", type=int, default=24)
+    ap.add_argument("--photos", type=int, default=80)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)

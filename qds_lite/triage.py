@@ -200,22 +200,20 @@ def run(inputs: Iterable[str | os.PathLike], *, model: str | None = None, backen
     returns a callback invoked once per photo as it completes. Ctrl-C stops early with
     ``interrupted`` set; everything scored so far is in the cache.
     """
-    from . import backends, load
+    from . import load
     from .model_store import resolve
 
     t0 = time.perf_counter()
     photos, ignored = discover(inputs, exclude)
     files = resolve(model)  # sha256-verified; fails early on a bad model
     model_info = {"name": files.name, "sha256": files.sha256}
-    if backend == "auto":
-        usable = backends.probe()
-        backend = next(name for name in backends.BACKENDS if usable[name] is None)
     tmp = None
     if cache_path is None:
         tmp = tempfile.TemporaryDirectory(prefix="qds-triage-")
         cache_path = Path(tmp.name) / "triage.sqlite3"
     cache = TriageCache(cache_path)
-    digest = options_digest(zooms=zooms, backend=backend)
+    # The backend is not part of the key: backends agree within the parity contract (score within 1.0).
+    digest = options_digest(zooms=zooms)
     run_ = TriageRun(photos, cache, model_info, backend, ignored, roots=[Path(i) for i in inputs], cache_dir=tmp)
     done = progress(len(photos)) if progress else (lambda _p: None)
 
@@ -241,6 +239,8 @@ def run(inputs: Iterable[str | os.PathLike], *, model: str | None = None, backen
     # Loaded here only when something needs scoring: a fully cached re-run never pays for it. Also run in
     # this process when one worker is enough, and checks the backend before any worker starts.
     critic = load(model, backend=backend, threads=1, zooms=zooms) if todo else None
+    if critic is not None:
+        backend = run_.backend = critic.backend_name  # what "auto" chose, for the workers too
 
     try:
         for out in _map(todo, critic, model, backend, zooms, cache_path, digest, workers):
