@@ -469,7 +469,7 @@ def score_all(photos: Sequence[Path], root: Path, critics: dict, baselines: Sequ
                     img = synth.apply(base, [synth.Degradation(it.kind, it.severity, it.region, it.seed)])
                 rec = {"photo": it.photo, "set": it.set, "kind": it.kind, "finding": synth.KINDS.get(it.kind or ""),
                        "severity": it.severity, "region": list(it.region) if it.region else None,
-                       "seed": it.seed, "scores": {}, "findings": {}}
+                       "seed": it.seed, "scores": {}, "findings": {}, "level_probs": {}}
                 loaded = load_image(img)
                 for name, critic in critics.items():
                     t = time.perf_counter()
@@ -477,6 +477,7 @@ def score_all(photos: Sequence[Path], root: Path, critics: dict, baselines: Sequ
                     seconds[name].append(time.perf_counter() - t)
                     rec["scores"][name] = float(r.score)
                     rec["findings"][name] = _finding_dicts(r)
+                    rec["level_probs"][name] = [round(float(p), 5) for p in r.level_probs]
                 if it.set == "global":
                     for b in baselines:
                         t = time.perf_counter()

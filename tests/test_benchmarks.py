@@ -238,3 +238,25 @@ def test_random_region_covers_all_sizes():
     rng = np.random.default_rng(0)
     sizes = {(c1 - c0, r1 - r0) for c0, r0, c1, r1 in (acc.random_region(rng, 4) for _ in range(200))}
     assert sizes == {(1, 1), (1, 2), (2, 1), (2, 2)}
+
+
+def test_compare_benchmark_pairs_and_accuracy():
+    from benchmarks import compare as C
+
+    def rec(photo, kind, sev, **scores):
+        return {"photo": photo, "kind": kind, "severity": sev, "scores": scores}
+
+    records = [rec("a", None, 0.0, good=3.0, bad=0.0, flat=1.0), rec("a", "blur", 0.6, good=1.0, bad=2.0, flat=1.0),
+               rec("a", "noise", 0.2, good=2.0, bad=1.0, flat=1.0), rec("b", "blur", 0.8, good=0.5, bad=9.0, flat=1.0)]
+    same = C.same_content_pairs(records)
+    assert sorted(same) == [(0, 1), (2, 1)]  # gap 0.4 counts despite float rounding; (0, 2) is only 0.2 apart
+    assert all(records[a]["photo"] == records[b]["photo"] and records[a]["kind"] != records[b]["kind"] for a, b in same)
+    cross = C.cross_content_pairs(records, max_pairs=100, seed=0)
+    assert sorted(cross) == [(0, 3), (2, 3)]  # different photos, gap >= 0.6, better first
+    assert C.accuracy(records, same, "good") == (1.0, len(same))
+    assert C.accuracy(records, same, "bad") == (0.0, len(same))
+    assert C.accuracy(records, same, "flat") == (0.5, len(same))  # ties count half
+    assert np.isnan(C.brier(records, same, "good"))  # no level distributions stored
+    for r, p in zip(records, ([0, 0, 0, 0, 1], [1, 0, 0, 0, 0], [0, 0, 0, 1, 0], [1, 0, 0, 0, 0])):
+        r["level_probs"] = {"good": p}
+    assert C.brier(records, same, "good") < 0.01  # confident and right
