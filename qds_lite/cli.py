@@ -16,6 +16,17 @@ from .errors import QdsError
 from .model_store import available_models, resolve
 
 
+def _is_vlm(model: str | None) -> bool:
+    """Whether ``model`` is a folder holding a full-size VLM critic (manifest kind "vlm")."""
+    manifest = Path(model) / "manifest.json" if model else None
+    if manifest is None or not manifest.is_file():
+        return False
+    try:
+        return json.loads(manifest.read_text()).get("kind") == "vlm"
+    except (OSError, ValueError):
+        return False  # the regular loader reports an unreadable manifest
+
+
 def _fail(err: QdsError) -> None:
     click.echo(f"qds: {err.message}" + (f" ({err.hint})" if err.hint else ""), err=True)
     sys.exit(2)
@@ -34,13 +45,25 @@ def main() -> None:
 @click.option("--zooms", type=click.IntRange(0, P.N_CELLS), default=P.DEFAULT_ZOOMS, show_default=True,
               help="Zoom budget: how many regions the critic may inspect at full resolution.")
 @click.option("--threads", type=click.IntRange(1, 64), default=None, help="Threads for the model engine.")
-@click.option("--model", default=None, help="Bundled model name or folder with a manifest.json.")
+@click.option("--model", default=None,
+              help="Bundled model name, or a folder with a manifest.json (a small critic, or a full-size VLM critic "
+                   "converted by `python -m export.vlm_convert`).")
+@click.option("--quant", default=None, help="VLM critics: which quantization to run (default: the manifest's first).")
+@click.option("--gpu-layers", type=int, default=None,
+              help="VLM critics: layers to offload to the GPU (default: all where the llama.cpp build has a GPU).")
+@click.option("--ctx", type=click.IntRange(512), default=8192, show_default=True, help="VLM critics: context size.")
 def score(paths: tuple[str, ...], as_json: bool, backend: str, zooms: int, threads: int | None,
-          model: str | None) -> None:
+          model: str | None, quant: str | None, gpu_layers: int | None, ctx: int) -> None:
     """Score photos: score 0-100, level, and the top findings with where they are."""
     loads = load_ahead(paths)  # the first photo decodes while the critic loads
     try:
-        critic = load(model, backend=backend, threads=threads, zooms=zooms)
+        if _is_vlm(model):
+            from .vlm import VLMCritic
+
+            critic = VLMCritic(model, quant=quant, n_gpu_layers=gpu_layers, n_ctx=ctx, n_threads=threads,
+                               max_zooms=zooms)
+        else:
+            critic = load(model, backend=backend, threads=threads, zooms=zooms)
     except QdsError as e:
         _fail(e)
     failed = 0
