@@ -204,7 +204,8 @@ def summary(run: TriageRun, reject_below: float) -> str:
     rate = (len(scored) - cached) / run.seconds if run.seconds > 0 else 0.0
     buf = io.StringIO()
     buf.write(f"triage: {len(run.photos)} files: {len(scored)} scored ({len(scored) - cached} new, {cached} cached), "
-              f"{len(failed)} failed, {run.ignored} companion files ignored; {len(groups)} bursts; "
+              f"{len(failed)} failed, {run.ignored} companion files ignored; "
+              f"{len(groups)} groups of bursts or near-duplicates; "
               f"{len(keepers(run, reject_below))} keepers, {rejected} rejected; "
               f"{run.seconds:.1f} s ({rate:.1f} new images/s)")
     if run.interrupted:
