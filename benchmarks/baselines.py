@@ -15,7 +15,7 @@ NIQE
     A. Mittal, R. Soundararajan and A. C. Bovik, "Making a 'Completely Blind' Image Quality
     Analyzer", IEEE Signal Processing Letters 20(3):209-212, 2013. Our own NumPy port of the authors'
     MATLAB release (``computequality.m``), scored against the authors' pristine model
-    (``data/niqe_pris_params.npz``; see ``data/README.md``).
+    (``qds_lite/data/niqe_pris_params.npz``; see ``qds_lite/data/README.md``).
 PIQE
     N. Venkatanath, D. Praneeth, M. C. Bh, S. S. Channappayya and S. S. Medasani, "Blind Image Quality
     Evaluation Using Perception Based Features", Proc. NCC 2015. Computed by ``pypiqe`` (MIT), a port
@@ -60,8 +60,8 @@ __all__ = [
     "rgb2gray_matlab",
 ]
 
-DATA_DIR = Path(__file__).resolve().parent / "data"
-NIQE_PARAMS_PATH = DATA_DIR / "niqe_pris_params.npz"
+# The NIQE pristine model ships once, inside the package (qds refine's naturalness guard uses it too).
+NIQE_PARAMS_PATH = Path(__file__).resolve().parents[1] / "qds_lite" / "data" / "niqe_pris_params.npz"
 
 # MATLAB rgb2gray weights (the first row of the inverse of the NTSC/YIQ matrix), commonly quoted as
 # 0.2989 / 0.5870 / 0.1140. The reference BRISQUE and NIQE code calls rgb2gray on uint8 images.

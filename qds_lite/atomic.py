@@ -49,6 +49,33 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def refuse_input_overwrite(source: object, out: str | os.PathLike) -> None:
+    """qds never writes over an input: raise when ``out`` is the input file (same path, or same inode)."""
+    from .errors import QdsError
+
+    out_path = Path(out)
+    if out_path.is_dir():
+        raise QdsError(f"{out_path}: is a directory", hint="give a file name for the output")
+    if not isinstance(source, (str, os.PathLike)):
+        return
+    src = Path(source)
+    same = out_path.resolve() == src.resolve()
+    if not same and out_path.exists() and src.exists():
+        same = os.path.samefile(out_path, src)
+    if same:
+        raise QdsError(f"{out_path}: refusing to overwrite the input image", hint="choose another output file")
+
+
+def write_output(out: str | os.PathLike, data: bytes | str) -> None:
+    """Write an output file atomically; a failure is a QdsError naming the file."""
+    from .errors import QdsError
+
+    try:
+        (write_text_atomic if isinstance(data, str) else write_bytes_atomic)(out, data)
+    except OSError as e:
+        raise QdsError(f"{out}: cannot write ({e.strerror or e})") from e
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

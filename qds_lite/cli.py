@@ -12,7 +12,7 @@ import click
 from . import __version__, backends, load
 from . import protocol as P
 from .critic import load_ahead
-from .errors import QdsError
+from .errors import ImageLoadError, QdsError
 from .model_store import available_models, resolve
 
 
@@ -137,6 +137,46 @@ def explain(photo: str, out: Path, as_html: bool, width: int, backend: str, mode
             _fail(e)
         click.echo(f"{path}  {r.score:5.1f}  {r.level}: {r.rationale}")
         click.echo(f"wrote {out}", err=True)
+
+
+@main.command()
+@click.argument("photo", type=click.Path())
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the refined photo (never the input); format from the extension.")
+@click.option("--max-steps", type=click.IntRange(1, 16), default=4, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="The step log and both traces as one JSON object.")
+@_model_options
+def refine(photo: str, out: Path, max_steps: int, as_json: bool, backend: str, model: str | None, zooms: int) -> None:
+    """Improve PHOTO where the critic finds fault; keep each edit only if the score rises and NIQE holds."""
+    from .atomic import refuse_input_overwrite
+    from .refine import refine as refine_photo
+    from .refine import write_refined
+
+    try:
+        refuse_input_overwrite(photo, out)
+        critic = load(model, backend=backend, zooms=zooms)
+    except QdsError as e:
+        _fail(e)
+    try:
+        r = refine_photo(critic, photo, max_steps=max_steps)
+    except ImageLoadError as e:
+        click.echo(f"qds: {e.message}", err=True)
+        sys.exit(1)
+    except QdsError as e:
+        _fail(e)
+    try:
+        write_refined(r, out, input_path=photo)
+    except QdsError as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps(r.to_json()))
+    else:
+        for n, step in enumerate(r.steps, 1):
+            verdict = "kept" if step.kept else "dropped"
+            click.echo(f"{n}. {step.op:<12} {step.where:<12} {step.score_before:5.1f} -> {step.score_after:5.1f}  "
+                       f"{verdict} ({step.reason})")
+        click.echo(f"{photo}  {r.initial.score:5.1f} -> {r.final.score:5.1f}")
+    click.echo(f"wrote {out}", err=True)
 
 
 @main.command()

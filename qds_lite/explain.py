@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .atomic import write_bytes_atomic, write_text_atomic
+from .atomic import refuse_input_overwrite, write_output
 from .errors import QdsError
 from .io import LoadedImage, Source, load_image
 from .protocol import LEVELS
@@ -58,20 +58,20 @@ def write_explanation(source: LoadedImage | Source, result: Result, out: str | o
 
     Refuses to write over the input: ``source`` when it is a path, else ``input_path`` (pass it with an
     already loaded image so the file is not decoded twice)."""
-    _refuse_input(input_path or source, out)
+    refuse_input_overwrite(input_path or source, out)
     picture = render_explanation(source, result, width=width)
     fmt = Image.registered_extensions().get(Path(out).suffix.lower(), "PNG")
     buf = io.BytesIO()
     picture.save(buf, format=fmt if fmt in ("PNG", "JPEG", "WEBP") else "PNG")
-    _write(out, buf.getvalue())
+    write_output(out, buf.getvalue())
 
 
 def write_explanation_html(source: LoadedImage | Source, result: Result, out: str | os.PathLike, *,
                            width: int = 1200, input_path: str | os.PathLike | None = None) -> None:
     """Write a single self-contained HTML file (everything embedded; no external resources).
     ``input_path`` as for :func:`write_explanation`."""
-    _refuse_input(input_path or source, out)
-    _write(out, render_html(source, result, width=width))
+    refuse_input_overwrite(input_path or source, out)
+    write_output(out, render_html(source, result, width=width))
 
 
 def render_html(image: LoadedImage | Source, result: Result, *, width: int = 1200) -> str:
@@ -312,28 +312,6 @@ def _data_uri(im: Image.Image, quality: int) -> str:
     buf = io.BytesIO()
     im.convert("RGB").save(buf, format="JPEG", quality=quality, subsampling=0)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _refuse_input(source: object, out: str | os.PathLike) -> None:
-    """qds never writes over an input: refuse when ``out`` is the input file (same path or same inode)."""
-    out_path = Path(out)
-    if out_path.is_dir():
-        raise QdsError(f"{out_path}: is a directory", hint="give a file name for the output")
-    if not isinstance(source, (str, os.PathLike)):
-        return
-    src = Path(source)
-    same = out_path.resolve() == src.resolve()
-    if not same and out_path.exists() and src.exists():
-        same = os.path.samefile(out_path, src)
-    if same:
-        raise QdsError(f"{out_path}: refusing to overwrite the input image", hint="choose another output file")
-
-
-def _write(out: str | os.PathLike, data: bytes | str) -> None:
-    try:
-        (write_text_atomic if isinstance(data, str) else write_bytes_atomic)(out, data)
-    except OSError as e:
-        raise QdsError(f"{out}: cannot write ({e.strerror or e})") from e
 
 
 _HTML = """<!doctype html>

@@ -149,3 +149,27 @@ def test_bench_reports_every_backend_against_the_pillow_baseline():
     for name in ("onnx", "numpy"):
         assert f"{name}: model (glance + zooms)" in r.output and f"{name}: decode + model" in r.output
     assert "1.00x onnx" in r.output
+
+
+def test_explain_compare_and_refine_commands(tmp_path):
+    clean, dark = str(Path(SAMPLES[0]).parent / "coffee_clean.jpg"), str(Path(SAMPLES[0]).parent / "coffee_dark.jpg")
+    r = run("explain", dark, "-o", str(tmp_path / "e.png"))
+    assert r.exit_code == 0 and Image.open(tmp_path / "e.png").width == 1200
+    r = run("explain", dark, "-o", str(tmp_path / "e.html"), "--html")
+    assert r.exit_code == 0 and "<html" in (tmp_path / "e.html").read_text()
+    assert run("explain", dark, "-o", dark).exit_code == 2  # never over the input
+
+    r = run("compare", clean, dark, "--json")
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0 and doc["ranking"][0]["file"] == clean and doc["prob_better"][0][1] > 0.5
+    assert run("compare", clean).exit_code == 2
+    r = run("compare", clean, str(tmp_path / "missing.jpg"), dark)
+    assert r.exit_code == 1 and "missing.jpg: file not found" in r.stderr and "#1" in r.stdout
+
+    pytest.importorskip("cv2")
+    r = run("refine", dark, "-o", str(tmp_path / "better.jpg"), "--json")
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 0 and doc["score_after"] > doc["score_before"]
+    assert all(s["score_after"] > s["score_before"] for s in doc["steps"] if s["kept"])
+    assert run("refine", dark, "-o", dark).exit_code == 2
+    assert run("refine", str(tmp_path / "missing.jpg"), "-o", str(tmp_path / "o.jpg")).exit_code == 1

@@ -1,0 +1,357 @@
+"""`qds refine`: diagnosis-guided enhancement (Q-DeepSight's Perceptual-in-Generation), training-free.
+
+The critic's findings choose the next operation and where to apply it; each candidate edit is re-scored and
+kept only when the critic's score rises by a margin and the naturalness guard (NIQE, lower is better) does
+not worsen. The loop stops when no finding's operation helps, or after ``max_steps`` kept edits. A photo with
+no findings is left exactly as it is.
+
+Each finding type maps to a kind of fix (:data:`OPERATIONS`) with two strengths, set from the finding's
+severity (the critic's severities are calibrated on the degradations it was trained on) and from measurements
+of the pixels (noise level, white point, percentiles). The critic also reports faults that are not there, and
+its score can be raised by edits that take a photo further from the truth (darker, more contrast, crisper), so
+a fix is only tried where the pixels bear its finding out (thresholds below, set beyond what pristine photos
+measure), each kind of fix is made at most once per region, and the critic's score then picks the strength.
+A local finding is fixed inside its box only, blended in with a feathered mask; one that covers most of the
+image is fixed globally.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import refine_ops as ops
+from .atomic import atomic_open
+from .critic import Critic
+from .errors import QdsError
+from .io import LoadedImage, Source, load_image
+from .result import Finding, Result, describe_box
+
+Box = tuple[float, float, float, float]
+SCORE_MARGIN = 0.5  # a kept step must raise the score by at least this much (0-100 scale)
+NIQE_SLACK = 0.3  # ... and may not raise NIQE by more than this (NIQE moves ~0.1-0.2 under tone edits it cannot see)
+# Evidence the pixels must show before a finding's operation is tried (the critic also reports faults that are
+# not there). Each threshold sits beyond what most pristine train/dev photos measure (median in brackets).
+MIN_CLIPPED = 0.05  # share of blown (white) pixels before darkening (0.001; 90th percentile 0.03)
+MIN_EV = 0.5  # exposure change worth making, in stops (white point: 0.01 stops)
+MIN_NOISE = 2.0  # noise sigma in 8-bit levels, luma or chroma, before denoising (1.0 and 0.9)
+MAX_RANGE = 205.0  # tonal range in 8-bit levels below which contrast is stretched (254; 2nd percentile 205)
+MIN_CAST = 0.2  # largest white-balance log-gain before correcting a cast (0.09)
+MIN_BLOCKINESS = 1.05  # JPEG 8x8 block-edge contrast ratio before deblocking (1.00)
+GUARD_LONG_SIDE = 1024  # NIQE is measured on a view this large at most (it is a relative check)
+OUTPUT_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One tried edit: the finding that chose it, the operation (best of its strengths), where, and whether
+    it was kept."""
+
+    finding: str  # the finding type that chose the operation
+    op: str
+    params: dict
+    region: Box | None  # fractional box of the oriented image; None = whole image
+    score_before: float
+    score_after: float
+    niqe_before: float
+    niqe_after: float
+    kept: bool
+    reason: str  # why it was kept or not, in words
+
+    @property
+    def where(self) -> str:
+        return "whole image" if self.region is None else describe_box(self.region)
+
+    def to_json(self) -> dict:
+        return {"finding": self.finding, "op": self.op, "params": self.params,
+                "region": None if self.region is None else list(self.region), "where": self.where,
+                "score_before": round(self.score_before, 2), "score_after": round(self.score_after, 2),
+                "niqe_before": _round(self.niqe_before), "niqe_after": _round(self.niqe_after),
+                "kept": self.kept, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """What :func:`refine` did: the result image, every edit it tried, and the critic's verdicts before/after."""
+
+    image: Image.Image  # the refined, oriented sRGB image (the input's own pixels when nothing was kept)
+    steps: tuple[Step, ...]  # every edit tried, in order
+    initial: Result
+    final: Result
+    source_path: str | None = None  # the input file, when refine was given a path (write_refined never overwrites it)
+
+    @property
+    def changed(self) -> bool:
+        return any(s.kept for s in self.steps)
+
+    def to_json(self) -> dict:
+        return {"file": self.initial.file, "changed": self.changed, "score_before": round(self.initial.score, 2),
+                "score_after": round(self.final.score, 2), "steps": [s.to_json() for s in self.steps],
+                "initial": self.initial.trace, "final": self.final.trace}
+
+
+# --- which operation for which finding --------------------------------------------------------------
+Candidate = tuple[str, dict]  # operation name (a function of refine_ops) and its keyword arguments
+
+
+def _blur_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
+    """Wiener deconvolution with a Gaussian kernel somewhat smaller than the severity suggests, and an unsharp
+    mask. A too-large kernel rings and the critic rewards crispness more than fidelity, so the kernel errs small;
+    a Gaussian suits defocus too (a disk of the wrong radius rings far worse), and motion blur, whose direction
+    is not estimated, gets no more than this."""
+    sigma = 0.7 * (0.2 + 3.3 * f.severity)
+    return [("deconvolve", {"kernel": "gaussian", "size": round(sigma, 2), "nsr": 0.02}),
+            ("unsharp", {"sigma": 1.5, "amount": 0.7})]
+
+
+def _noise_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
+    """Non-local means with the luma and chroma strengths from the measured noise (none where there is none)."""
+    luma, chroma = ops.noise_sigma(rgb), ops.chroma_noise(rgb)
+    if luma < MIN_NOISE and chroma < MIN_NOISE:
+        return []
+    h_chroma = max(luma, 2.5 * chroma if chroma >= MIN_NOISE else luma)
+    return [("denoise", {"h_luma": round(luma, 2), "h_chroma": round(h_chroma, 2)}),
+            ("denoise", {"h_luma": round(0.6 * luma, 2), "h_chroma": round(0.6 * h_chroma, 2)})]
+
+
+def _exposure_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
+    """Gains in linear light, each bounded by what the histogram shows, so that a finding the pixels do not
+    bear out leads to nothing: darken only where highlights are blown, and no further than a mid-grey key;
+    brighten only while the brightest pixels are well below white, and no further than white."""
+    if f.type == "overexposure":
+        if ops.clipped_share(rgb) < MIN_CLIPPED:
+            return []
+        gain = max(2.0 ** -(0.1 + 2.0 * f.severity), min(1.0, ops.key_gain(rgb)))
+    else:
+        gain = min(ops.white_gain(rgb), 2.0 ** (0.65 + 2.85 * f.severity))
+    if abs(math.log2(gain)) < MIN_EV:
+        return []
+    return [("exposure", {"gain": round(gain, 3)}), ("exposure", {"gain": round(math.sqrt(gain), 3)})]
+
+
+def _contrast_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
+    """Percentile stretch, and half of it, where the tones do not span the range (low contrast and haze alike:
+    the critic mixes them up, and per-channel black points, the textbook dehaze, shift the colours of photos
+    that have no dark pixels in some channel)."""
+    if ops.tonal_range(rgb) > MAX_RANGE:
+        return []
+    return [("stretch", {"amount": 1.0}), ("stretch", {"amount": 0.5})]
+
+
+def _colour_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
+    if ops.cast_strength(rgb) < MIN_CAST:
+        return []
+    return [("white_balance", {"p": 12.0}), ("white_balance", {"p": 12.0, "amount": 0.6})]
+
+
+def _jpeg_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
+    if ops.blockiness(rgb) < MIN_BLOCKINESS:
+        return []
+    h = 1.0 + 6.0 * f.severity
+    return [("deblock", {"h": round(h, 2)}), ("deblock", {"h": round(h / 2, 2)})]
+
+
+def _banding_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
+    return [("deband", {"sigma": 1.5, "flat": 4.0}), ("deband", {"sigma": 3.0, "flat": 4.0})]
+
+
+def _oversharpen_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
+    a = 0.2 + 2.8 * f.severity
+    frac = round(a / (1.0 + a), 3)  # removes an unsharp mask of amount a, to first order
+    return [("soften", {"sigma": 2.0, "amount": frac}), ("soften", {"sigma": 2.0, "amount": round(frac / 2, 3)})]
+
+
+OPERATIONS: dict[str, Callable[[Finding, np.ndarray], list[Candidate]]] = {
+    "blur": _blur_ops, "motion_blur": _blur_ops, "defocus": _blur_ops, "noise": _noise_ops,
+    "jpeg": _jpeg_ops, "banding": _banding_ops, "overexposure": _exposure_ops, "underexposure": _exposure_ops,
+    "low_contrast": _contrast_ops, "haze": _contrast_ops, "color_cast": _colour_ops,
+    "oversharpen": _oversharpen_ops,
+}  # upscale_artifacts and generative_artifacts: no training-free fix; reported, never edited
+
+
+# --- the loop --------------------------------------------------------------------------------------
+def refine(critic: Critic, source: Source | LoadedImage, *, max_steps: int = 4, margin: float = SCORE_MARGIN,
+           niqe_slack: float = NIQE_SLACK) -> Refinement:
+    """Improve ``source`` step by step where the critic finds fault; see the module docstring.
+
+    ``max_steps`` bounds the kept edits; ``margin`` is the score gain a step must bring (0-100 scale);
+    ``niqe_slack`` how much NIQE may rise. Needs OpenCV (the ``refine`` extra) once there is something to fix.
+    """
+    if max_steps < 0:
+        raise QdsError(f"max_steps must be 0 or more, not {max_steps}")
+    loaded = source if isinstance(source, LoadedImage) else load_image(source)
+    path = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+    rgb = loaded.pixels
+    initial = result = critic.score(loaded)
+    steps: list[Step] = []
+    nat: float | None = None
+    kept = 0
+    done: set[tuple[Callable, Box | None]] = set()  # (kind of fix, region) already made: never twice
+    while kept < max_steps and result.findings:
+        tried: set[tuple[Callable, Box | None]] = set()  # a repeated finding is tried once per round
+        for finding in result.findings:
+            plan = OPERATIONS.get(finding.type)
+            region = None if describe_box(finding.box) == "whole image" else finding.box
+            if plan is None or (plan, region) in done | tried:
+                continue
+            tried.add((plan, region))
+            candidates = [(region, name, params) for name, params in plan(finding, _crop(rgb, region))]
+            if not candidates:  # the pixels do not bear the finding out
+                continue
+            if nat is None:
+                nat = _naturalness(rgb)
+            step, edited, res, nat_after = _try(critic, rgb, result, nat, finding, candidates, margin, niqe_slack)
+            steps.append(step)
+            if step.kept:
+                rgb, result, nat, kept = edited, res, nat_after, kept + 1
+                done.add((plan, region))
+                break
+        else:
+            break  # no finding's operation helped
+    final = dataclasses.replace(result, file=initial.file)
+    image = loaded.full if not kept and isinstance(loaded.full, Image.Image) else Image.fromarray(rgb)
+    return Refinement(image=image, steps=tuple(steps), initial=initial, final=final, source_path=path)
+
+
+def _try(critic: Critic, rgb: np.ndarray, result: Result, nat: float, finding: Finding,
+         candidates: list[tuple[Box | None, str, dict]], margin: float, slack: float
+         ) -> tuple[Step, np.ndarray, Result, float]:
+    """Apply every candidate edit; the best-scoring one that passes both checks wins."""
+    tried = []
+    for region, name, params in candidates:
+        edited = _edit(rgb, region, name, params)
+        tried.append((critic.score(edited), region, name, params, edited))
+    tried.sort(key=lambda t: -t[0].score)
+    best_score, region, name, params = tried[0][0].score, *tried[0][1:4]
+    nat_after, reason = float("nan"), f"score {best_score - result.score:+.1f} < +{margin:g}"
+    for res, region, name, params, edited in tried:
+        if res.score < result.score + margin:
+            break
+        nat_after = _naturalness(edited)
+        if not nat_after > nat + slack:  # NaN (no guard possible) passes
+            step = Step(finding.type, name, params, region, result.score, res.score, nat, nat_after, True,
+                        f"score {res.score - result.score:+.1f}, NIQE {nat_after - nat:+.2f}")
+            return step, edited, res, nat_after
+        best_score, reason = res.score, f"NIQE {nat_after - nat:+.2f} > +{slack:g}"
+    step = Step(finding.type, name, params, region, result.score, best_score, nat, nat_after, False, reason)
+    return step, rgb, result, nat
+
+
+def _pixels(box: Box, h: int, w: int, pad: int = 0) -> tuple[int, int, int, int]:
+    return (max(0, round(box[0] * w) - pad), max(0, round(box[1] * h) - pad),
+            min(w, round(box[2] * w) + pad), min(h, round(box[3] * h) + pad))
+
+
+def _crop(rgb: np.ndarray, region: Box | None) -> np.ndarray:
+    """The pixels of ``region``: what the strength of its edit is measured on."""
+    if region is None:
+        return rgb
+    x0, y0, x1, y1 = _pixels(region, *rgb.shape[:2])
+    return np.ascontiguousarray(rgb[y0:y1, x0:x1])
+
+
+def _edit(rgb: np.ndarray, region: Box | None, name: str, params: dict) -> np.ndarray:
+    """Apply operation ``name`` to the whole image, or to ``region`` plus a margin for the filters and the
+    feather of the mask it is blended in with (pixels beyond the margin are untouched)."""
+    fn = getattr(ops, name)
+    if region is None:
+        return fn(rgb, **params)
+    h, w = rgb.shape[:2]
+    x0, y0, x1, y1 = _pixels(region, h, w, pad=round(0.1 * min(h, w)) + 16)
+    crop = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+    mask = ops.feathered_mask((h, w), region)[y0:y1, x0:x1]
+    out = rgb.copy()
+    out[y0:y1, x0:x1] = ops.blend(crop, fn(crop, **params), mask)
+    return out
+
+
+def _naturalness(rgb: np.ndarray) -> float:
+    """NIQE of the image, measured on a view of at most GUARD_LONG_SIDE px (NaN where undefined)."""
+    h, w = rgb.shape[:2]
+    s = GUARD_LONG_SIDE / max(h, w)
+    if s < 1.0:
+        cv = ops.cv2()
+        rgb = cv.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv.INTER_AREA)
+    try:
+        return ops.niqe(rgb)
+    except ValueError:  # smaller than NIQE's 96 px blocks: no guard
+        return float("nan")
+
+
+# --- writing ---------------------------------------------------------------------------------------
+def write_refined(refinement: Refinement, out: str | os.PathLike, *, input_path: str | os.PathLike | None = None,
+                  quality: int = 95) -> None:
+    """Write the refined image atomically to ``out`` (format from its extension), never over the input:
+    ``input_path``, by default the file refine was given (pass it when refine was given a loaded image).
+
+    The input's EXIF is kept with the orientation reset to 1 (the pixels are already upright), and its
+    ICC profile where it had an RGB one (the pixels are converted back into it), else sRGB is embedded.
+    When nothing was changed and ``out`` has the input's format, the input's bytes are copied unchanged.
+    """
+    from .atomic import refuse_input_overwrite, write_output
+
+    input_path = input_path if input_path is not None else refinement.source_path
+    refuse_input_overwrite(input_path, out)
+    fmt = OUTPUT_FORMATS.get(Path(out).suffix.lower())
+    if fmt is None:
+        raise QdsError(f"{out}: unsupported output format", hint="use .jpg, .png, .webp or .tif")
+    src_format, exif, icc = _source_metadata(input_path)
+    if input_path is not None and not refinement.changed and src_format == fmt:
+        with open(input_path, "rb") as f, atomic_open(out, "wb") as g:
+            shutil.copyfileobj(f, g)
+        return
+    img, profile = _into_profile(refinement.image, icc)
+    extra: dict = {"icc_profile": profile}
+    if exif is not None:
+        exif[0x0112] = 1  # Orientation: the pixels are upright already
+        extra["exif"] = exif.tobytes()
+    if fmt == "JPEG":
+        extra |= {"quality": quality, "subsampling": 0}
+    elif fmt == "WEBP":
+        extra |= {"quality": quality}
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **extra)
+    write_output(out, buf.getvalue())
+
+
+def _source_metadata(path: str | os.PathLike | None) -> tuple[str | None, Image.Exif | None, bytes | None]:
+    """(format, EXIF or None, ICC profile or None) of the input file; unreadable metadata is not an error."""
+    if path is None:
+        return None, None, None
+    try:
+        with Image.open(path) as im:
+            exif = im.getexif()
+            return im.format, (exif if len(exif) else None), im.info.get("icc_profile") or None
+    except (OSError, ValueError, SyntaxError):
+        return None, None, None
+
+
+def _into_profile(img: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes]:
+    """Convert sRGB ``img`` back into the input's RGB profile ``icc`` and return it with that profile; with no
+    usable RGB profile, ``img`` as it is with an sRGB profile."""
+    try:
+        from PIL import ImageCms
+    except ImportError:  # pragma: no cover - Pillow without LittleCMS: untagged, which viewers read as sRGB
+        return img, b""
+    srgb = ImageCms.createProfile("sRGB")
+    if icc:
+        try:
+            dst = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            if dst.profile.xcolor_space.strip() == "RGB":
+                return ImageCms.profileToProfile(img, srgb, dst, outputMode="RGB"), icc
+        except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+            pass  # a broken profile: fall back to sRGB
+    return img, ImageCms.ImageCmsProfile(srgb).tobytes()
+
+
+def _round(v: float) -> float | None:
+    return round(v, 3) if math.isfinite(v) else None

@@ -1,0 +1,169 @@
+"""`qds refine`: the diagnosis-guided enhancement loop, its step log, and how it writes its output."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from qds_lite import refine_ops
+from qds_lite.errors import QdsError
+from qds_lite.refine import SCORE_MARGIN, refine, write_refined
+
+DATA = Path(__file__).parent / "data"
+REPO = Path(__file__).resolve().parents[1]
+
+pytest.importorskip("cv2")
+
+
+@pytest.fixture(scope="module")
+def critic():
+    import qds_lite
+
+    return qds_lite.load(backend="onnx")
+
+
+@pytest.fixture(scope="module")
+def dark(critic):
+    return refine(critic, DATA / "coffee_dark.jpg")
+
+
+def _ssim(a: np.ndarray, b: np.ndarray) -> float:
+    from benchmarks.refine import ssim
+
+    return ssim(a, b)
+
+
+def test_dark_photo_gets_brighter_and_scores_higher(dark):
+    before = np.asarray(Image.open(DATA / "coffee_dark.jpg").convert("RGB"), np.float64)
+    after = np.asarray(dark.image, np.float64)
+    assert dark.changed
+    assert after.mean() > before.mean() + 10
+    assert dark.final.score > dark.initial.score + SCORE_MARGIN
+    assert any(s.kept and s.op in ("exposure", "stretch") for s in dark.steps)
+
+
+def test_step_log_is_consistent(dark):
+    score = dark.initial.score
+    for s in dark.steps:
+        assert s.score_before == pytest.approx(score)  # every try starts from the current image
+        if s.kept:
+            assert s.score_after >= s.score_before + SCORE_MARGIN
+            assert not s.niqe_after > s.niqe_before + 0.1
+            score = s.score_after
+        else:
+            assert s.reason
+    assert dark.final.score == pytest.approx(score)
+    assert sum(s.kept for s in dark.steps) <= 4
+    js = dark.to_json()
+    assert js["changed"] and len(js["steps"]) == len(dark.steps)
+    assert all(set(s) >= {"op", "params", "where", "score_before", "score_after", "kept"} for s in js["steps"])
+
+
+def test_clean_photo_is_left_alone(critic, tmp_path):
+    src = DATA / "coffee_clean.jpg"
+    r = refine(critic, src)
+    before = np.asarray(Image.open(src).convert("RGB"))
+    assert not r.changed or _ssim(before, np.asarray(r.image)) >= 1 - 0.005
+    out = tmp_path / "same.jpg"
+    write_refined(r, out, input_path=src)
+    if not r.changed:  # nothing to do: the file is copied, not re-encoded
+        assert out.read_bytes() == src.read_bytes()
+
+
+def test_max_steps_zero_changes_nothing(critic):
+    r = refine(critic, DATA / "coffee_dark.jpg", max_steps=0)
+    assert not r.steps and r.final.score == r.initial.score
+
+
+def test_never_writes_over_the_input(critic, dark, tmp_path):
+    src = tmp_path / "in.jpg"
+    src.write_bytes((DATA / "coffee_dark.jpg").read_bytes())
+    before = src.read_bytes()
+    r = refine(critic, src)
+    assert r.changed and r.source_path == str(src)
+    with pytest.raises(QdsError, match="overwrite the input"):
+        write_refined(r, src)  # the input path is remembered
+    with pytest.raises(QdsError, match="overwrite the input"):
+        write_refined(dark, tmp_path / "." / "in.jpg", input_path=src)
+    link = tmp_path / "link.jpg"
+    os.link(src, link)
+    with pytest.raises(QdsError, match="overwrite the input"):
+        write_refined(r, link)  # same file under another name
+    assert src.read_bytes() == before
+    with pytest.raises(QdsError, match="unsupported output format"):
+        write_refined(dark, tmp_path / "out.xyz", input_path=src)
+
+
+def test_keeps_exif_and_icc(critic, tmp_path):
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    img = Image.open(DATA / "coffee_dark.jpg").convert("RGB").transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x010F] = "QdsCam"  # Make
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to view
+    exif.get_ifd(0x8769)[0x9003] = "2024:05:01 10:00:00"  # DateTimeOriginal, in the Exif sub-IFD
+    src = tmp_path / "tagged.jpg"
+    img.save(src, quality=95, exif=exif.tobytes(), icc_profile=srgb)
+    r = refine(critic, src)
+    assert r.changed
+    for name in ("out.jpg", "out.png", "out.webp"):
+        out = tmp_path / name
+        write_refined(r, out, input_path=src)
+        with Image.open(out) as o:
+            assert o.size == (600, 400)  # upright pixels ...
+            assert o.getexif().get(0x0112) == 1  # ... so orientation 1
+            assert o.getexif().get(0x010F) == "QdsCam"
+            assert o.getexif().get_ifd(0x8769).get(0x9003) == "2024:05:01 10:00:00"
+            assert o.info.get("icc_profile") == srgb
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_untagged_input_gets_srgb(dark, tmp_path):
+    out = tmp_path / "out.jpg"
+    write_refined(dark, out, input_path=DATA / "coffee_dark.jpg")
+    with Image.open(out) as o:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(o.info["icc_profile"]))
+        assert "sRGB" in ImageCms.getProfileDescription(profile)
+        assert 0x0112 not in o.getexif()  # the input had no EXIF: none is invented
+
+
+def test_missing_opencv_names_the_extra(critic, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 now raises ImportError
+    with pytest.raises(QdsError) as e:
+        refine(critic, DATA / "coffee_dark.jpg")
+    assert "OpenCV" in e.value.message and "qds-lite[refine]" in e.value.hint
+
+
+def test_local_edit_stays_in_its_box():
+    m = refine_ops.feathered_mask((400, 600), (0.5, 0.5, 1.0, 1.0))
+    assert m[300, 450] == pytest.approx(1.0)  # inside
+    assert m[:150].max() == 0.0 and m[:, :250].max() == 0.0  # far outside: untouched
+    assert 0.0 < m[200, 450] < 1.0  # feathered edge
+
+
+def test_niqe_matches_the_reference_port():
+    from benchmarks.baselines import niqe_score
+
+    for name in ("coffee_clean.jpg", "rocket_blur.jpg"):
+        rgb = np.asarray(Image.open(DATA / name).convert("RGB"))
+        assert refine_ops.niqe(rgb) == pytest.approx(niqe_score(rgb), abs=0.1)
+
+
+def test_missing_niqe_model_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(refine_ops, "NIQE_MODEL_PATH", tmp_path / "nope.npz")
+    with pytest.raises(QdsError, match="NIQE model"):
+        refine_ops.niqe(np.zeros((200, 200, 3), np.uint8) + 128)
+
+
+def test_benchmark_ssim_and_psnr():
+    from benchmarks.refine import psnr, ssim
+
+    rgb = np.asarray(Image.open(DATA / "coffee_clean.jpg").convert("RGB"))
+    noisy = np.clip(rgb + np.random.default_rng(0).normal(0, 8, rgb.shape), 0, 255).astype(np.uint8)
+    assert ssim(rgb, rgb) == pytest.approx(1.0) and psnr(rgb, rgb) == float("inf")
+    assert 0.5 < ssim(rgb, noisy) < 0.99 and 25 < psnr(rgb, noisy) < 35
