@@ -1,7 +1,7 @@
 """Tests of the classical baselines in ``benchmarks/baselines.py`` (BRISQUE, NIQE, PIQE).
 
 BRISQUE and PIQE need optional benchmark-only packages; their tests are skipped when those are missing.
-NIQE is our own NumPy port and its pristine model ships in ``benchmarks/data``, so it always runs.
+NIQE is our own NumPy port and its pristine model ships in ``qds_lite/data``, so it always runs.
 """
 
 from __future__ import annotations
