@@ -87,6 +87,8 @@ def export_all(weights: dict[str, np.ndarray], cfg: CriticConfig, out: Path, wor
                int8_encoder: bool) -> None:
     """Write and verify every shipped file, then the manifest and the golden vectors."""
     out.mkdir(parents=True, exist_ok=True)
+    old = out / "manifest.json"
+    evaluation = json.loads(old.read_text()).get("evaluation") if old.exists() else None
     for stale in out.glob("*"):
         stale.unlink()
     np.savez_compressed(out / "critic.npz", **{k: v.astype(np.float16) for k, v in weights.items()})
@@ -106,7 +108,9 @@ def export_all(weights: dict[str, np.ndarray], cfg: CriticConfig, out: Path, wor
     notes["reasoner_onnx_max_abs"] = verify_reasoner(weights, cfg, out / "reasoner.onnx")
     manifest.wrote(out / "reasoner.onnx")
     export_gguf(weights, cfg, out / "reasoner.q8_0.gguf", qtype="q8_0", name=DEFAULT_MODEL)
-    manifest.write(out, name=DEFAULT_MODEL, config=runtime_config(cfg), training=training | {"export": notes})
+    # the evaluation of the same weights stays (record a new one with `python -m export.manifest` after retraining)
+    manifest.write(out, name=DEFAULT_MODEL, config=runtime_config(cfg), training=training | {"export": notes},
+                   evaluation=evaluation if training.get("reused_head") else None)
     golden.write(weights, cfg)
 
 
@@ -147,8 +151,10 @@ def main() -> None:
         log = json.loads(log_path.read_text())
         history, minutes = log["history"], log.get("minutes")
         print(f"reusing the trained head in {head_path} (--retrain to train again)")
+        reused = True
     else:
         head, history = train(init_head(cfg, SEED), cfg, data, dev, epochs=a.epochs, seed=SEED)
+        reused = False
         minutes = round((time.time() - t0) / 60, 1)
         np.savez(head_path, **head)
         log_path.write_text(json.dumps({"settings": settings, "history": history, "minutes": minutes}))
@@ -157,6 +163,7 @@ def main() -> None:
         "samples": {"train": int(len(data["kinds"])), "dev": int(len(dev["kinds"]))},
         "photos": {s: len(pristine_photos(s)) for s in ("train", "dev", "test")},
         "history": history, "minutes": minutes,  # data caching + training, when the head was trained
+        "reused_head": reused,
     }
     export_all(trunk | round_to_half(head), cfg, a.out, a.work, training, a.int8_encoder)
     print(json.dumps(history[-1]))

@@ -351,16 +351,40 @@ def models() -> None:
 
 @models.command("list")
 def models_list() -> None:
-    """Bundled critics with size and evaluation figures from their manifests."""
+    """Bundled critics (size, evaluation figures) and the known full-size critics (estimated size, memory)."""
+    from .registry import remote_critics
+
     for name in available_models():
         try:
             m = resolve(name).manifest
         except QdsError as e:
             click.echo(f"{name}: {e.message}")
             continue
-        click.echo(f"{name}  v{m['version']}  {m['total_size'] / 1e6:.1f} MB  (sha256-verified)")
+        click.echo(f"{name}  v{m['version']}  {m['total_size'] / 1e6:.1f} MB  bundled (sha256-verified)")
         for key, value in m.get("evaluation", {}).get("summary", {}).items():
             click.echo(f"    {key}: {value}")
+    click.echo("known full-size critics (not bundled; convert a checkpoint with `python -m export.vlm_convert`):")
+    for c in remote_critics():
+        sizes = ", ".join(f"{q} ~{gb:.1f} GB" for q, gb in c.sizes_gb.items())
+        click.echo(f"{c.name}  {c.hf_repo}  {c.license}  {'verified' if c.verified else 'unverified'}")
+        click.echo(f"    files: {sizes}; Q4_K_M needs ~{c.memory_gb():.1f} GB (RAM, or VRAM fully offloaded)")
+
+
+@models.command("verify")
+@click.argument("models_", metavar="[NAME|DIR]...", nargs=-1)
+def models_verify(models_: tuple[str, ...]) -> None:
+    """Check every file of each model (default: the bundled ones) against the sha256 in its manifest."""
+    from .registry import verify
+
+    failed = 0
+    for model in models_ or tuple(available_models()):
+        try:
+            for line in verify(model):
+                click.echo(f"ok  {line}")
+        except QdsError as e:
+            failed += 1
+            click.echo(f"qds: {e.message}" + (f" ({e.hint})" if e.hint else ""), err=True)
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -173,3 +173,23 @@ def test_explain_compare_and_refine_commands(tmp_path):
     assert all(s["score_after"] > s["score_before"] for s in doc["steps"] if s["kept"])
     assert run("refine", dark, "-o", dark).exit_code == 2
     assert run("refine", str(tmp_path / "missing.jpg"), "-o", str(tmp_path / "o.jpg")).exit_code == 1
+
+
+def test_models_list_and_verify(tmp_path):
+    import shutil
+
+    from qds_lite.model_store import BUNDLED_DIR
+
+    r = run("models", "list")
+    assert r.exit_code == 0 and "qds-small-v1" in r.stdout and "L-test SRCC" in r.stdout
+    assert "visualquality-r1-7b" in r.stdout and "unverified" in r.stdout and "needs ~" in r.stdout
+    r = run("models", "verify")
+    assert r.exit_code == 0 and r.stdout.startswith("ok  qds-small-v1")
+    copy = tmp_path / "copy"
+    shutil.copytree(BUNDLED_DIR / "qds-small-v1", copy)
+    assert run("models", "verify", str(copy)).exit_code == 0
+    data = bytearray((copy / "reasoner.onnx").read_bytes())
+    data[-10] ^= 0xFF  # same size, one byte flipped
+    (copy / "reasoner.onnx").write_bytes(bytes(data))
+    r = run("models", "verify", str(copy))
+    assert r.exit_code == 1 and "sha256" in r.stderr

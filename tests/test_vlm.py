@@ -225,3 +225,11 @@ def test_qds_score_runs_a_vlm_folder(tiny_vlm, schema, tmp_path):
     schema.validate(trace)
     assert trace["file"] == str(photo) and trace["backend"] == "gguf"
     assert sum(s["tool"] == "zoom" for s in trace["steps"]) <= 1
+
+
+@pytest.mark.slow
+def test_models_verify_checks_every_quantization(tiny_vlm):
+    from qds_lite.registry import verify
+
+    lines = verify(tiny_vlm)
+    assert [line.split()[1].rstrip(":") for line in lines] == list(QUANTS)
