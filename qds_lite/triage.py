@@ -24,7 +24,8 @@ from . import protocol as P
 from .bursts import Frame, capture_time, dhash, group_bursts
 from .errors import QdsError
 from .io import LoadedImage, load_image
-from .triage_cache import Entry, TriageCache, file_sha256, options_digest, result_key
+from .model_store import sha256_file
+from .triage_cache import Entry, TriageCache, options_digest, result_key
 
 THUMB_SIZE = 320  # long side of the contact-sheet thumbnails kept in the cache (about 15 KB each)
 # Passed over by name: other tools' sidecars, qds's own reports, and videos, which a shoot folder holds too.
@@ -37,8 +38,7 @@ COMPANION_SUFFIXES = frozenset(
 class Photo:
     """One file of the shoot, as the parent process keeps it (the trace itself stays in the cache)."""
 
-    path: Path
-    display: str  # the path as found under the folder given (or as given)
+    path: Path  # as found under the folder given (or as given)
     key: str | None = None  # cache key of its result
     score: float | None = None
     level: str | None = None
@@ -50,6 +50,10 @@ class Photo:
     group: int = 0
     group_size: int = 1
     pick: bool = False
+
+    @property
+    def display(self) -> str:
+        return str(self.path)
 
 
 @dataclass
@@ -86,12 +90,12 @@ def discover(inputs: Iterable[str | os.PathLike], exclude: Iterable[Path] = ()) 
     for given in inputs:
         root = Path(given)
         if not root.is_dir():
-            photos.append(Photo(root, str(root), error=None if root.exists() else "file not found"))
+            photos.append(Photo(root, error=None if root.exists() else "file not found"))
             continue
         seen: set[tuple[int, int]] = set()
         for folder, files, err in _walk(root, seen, skip):
             if err is not None:
-                photos.append(Photo(folder, str(folder), error=err))
+                photos.append(Photo(folder, error=err))
                 continue
             for name in sorted(files):
                 path = folder / name
@@ -101,7 +105,7 @@ def discover(inputs: Iterable[str | os.PathLike], exclude: Iterable[Path] = ()) 
                     ignored += 1
                     continue
                 error = None if os.path.exists(path) else "broken symbolic link"
-                photos.append(Photo(path, str(path), error=error))
+                photos.append(Photo(path, error=error))
     return photos, ignored
 
 
@@ -145,7 +149,10 @@ def _init_worker(model: str | None, backend: str, zooms: int, cache_path: str, d
 
     if quiet_signals:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    critic = load(model, backend=backend, threads=1, zooms=zooms)
+    _set_worker(load(model, backend=backend, threads=1, zooms=zooms), cache_path, digest)
+
+
+def _set_worker(critic, cache_path: str | Path, digest: str) -> None:
     _worker.update(critic=critic, cache=TriageCache(cache_path, readonly=True), digest=digest)
 
 
@@ -155,7 +162,7 @@ def _score_one(task: tuple[str, str | None]) -> dict:
     critic, cache = _worker["critic"], _worker["cache"]
     try:
         if sha is None:
-            sha = file_sha256(path)
+            sha = sha256_file(Path(path))
         key = result_key(sha, critic.model["sha256"], _worker["digest"])
         if cache.has(key):
             return {"path": path, "sha": sha, "key": key, "cached": True}
@@ -204,6 +211,7 @@ def run(inputs: Iterable[str | os.PathLike], *, model: str | None = None, backen
     from .model_store import resolve
 
     t0 = time.perf_counter()
+    inputs = [Path(i) for i in inputs]
     photos, ignored = discover(inputs, exclude)
     files = resolve(model)  # sha256-verified; fails early on a bad model
     model_info = {"name": files.name, "sha256": files.sha256}
@@ -214,7 +222,7 @@ def run(inputs: Iterable[str | os.PathLike], *, model: str | None = None, backen
     cache = TriageCache(cache_path)
     # The backend is not part of the key: backends agree within the parity contract (score within 1.0).
     digest = options_digest(zooms=zooms)
-    run_ = TriageRun(photos, cache, model_info, backend, ignored, roots=[Path(i) for i in inputs], cache_dir=tmp)
+    run_ = TriageRun(photos, cache, model_info, backend, ignored, roots=inputs, cache_dir=tmp)
     done = progress(len(photos)) if progress else (lambda _p: None)
 
     todo: list[tuple[str, str | None]] = []
@@ -230,7 +238,7 @@ def run(inputs: Iterable[str | os.PathLike], *, model: str | None = None, backen
             photo.error = _os_reason(e)
             done(photo)
             continue
-        key = sha and result_key(sha, files.sha256, digest)
+        key = sha and result_key(sha, model_info["sha256"], digest)
         if key and _fill_from_cache(photo, cache, key):
             done(photo)
             continue
@@ -248,12 +256,13 @@ def run(inputs: Iterable[str | os.PathLike], *, model: str | None = None, backen
             if "error" in out:
                 photo.error = out["error"]
             else:
-                if not out["cached"]:
-                    cache.put(out["key"], Entry(out["trace"], out["phash"], out["time"], out["time_source"],
-                                                out["thumbnail"]))
                 cache.remember_path(os.path.realpath(out["path"]), os.stat(out["path"]), out["sha"])
-                _fill_from_cache(photo, cache, out["key"])
-                photo.cached = out["cached"]
+                if out["cached"]:
+                    _fill_from_cache(photo, cache, out["key"])
+                else:
+                    entry = Entry(out["trace"], out["phash"], out["time"], out["time_source"])
+                    cache.put(out["key"], entry, out["thumbnail"])
+                    _fill(photo, out["key"], entry, cached=False)
             done(photo)
     except KeyboardInterrupt:
         run_.interrupted = True
@@ -264,12 +273,15 @@ def run(inputs: Iterable[str | os.PathLike], *, model: str | None = None, backen
 
 def _fill_from_cache(photo: Photo, cache: TriageCache, key: str) -> bool:
     entry = cache.get(key)
-    if entry is None:
-        return False
-    photo.key, photo.cached = key, True
+    if entry is not None:
+        _fill(photo, key, entry, cached=True)
+    return entry is not None
+
+
+def _fill(photo: Photo, key: str, entry: Entry, cached: bool) -> None:
+    photo.key, photo.cached = key, cached
     photo.score, photo.level = entry.trace["score"], entry.trace["level"]
     photo.capture_time, photo.time_source, photo.phash = entry.capture_time, entry.time_source, entry.phash
-    return True
 
 
 def _map(todo: list[tuple[str, str | None]], critic, model: str | None, backend: str, zooms: int,
@@ -277,7 +289,7 @@ def _map(todo: list[tuple[str, str | None]], critic, model: str | None, backend:
     """Results of _score_one over ``todo`` as they complete: in this process for one worker, else a pool."""
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
     if workers == 1:
-        _worker.update(critic=critic, cache=TriageCache(cache_path, readonly=True), digest=digest)
+        _set_worker(critic, cache_path, digest)
         for task in todo:
             yield _score_one(task)
         return

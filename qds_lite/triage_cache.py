@@ -52,23 +52,14 @@ def options_digest(**options: object) -> str:
     return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def file_sha256(path: str | os.PathLike, data: bytes | None = None) -> str:
-    if data is not None:
-        return hashlib.sha256(data).hexdigest()
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 @dataclass(frozen=True)
 class Entry:
+    """What the cache holds about one photo, besides its thumbnail (read apart: only the contact sheet needs it)."""
+
     trace: dict
     phash: int
     capture_time: float
     time_source: str
-    thumbnail: bytes | None
 
 
 class TriageCache:
@@ -120,21 +111,24 @@ class TriageCache:
 
     # --- results ----------------------------------------------------------------------------------
     def get(self, key: str) -> Entry | None:
-        row = self.db.execute("SELECT trace, phash, capture_time, time_source, thumbnail FROM results WHERE key=?",
+        row = self.db.execute("SELECT trace, phash, capture_time, time_source FROM results WHERE key=?",
                               (key,)).fetchone()
         if row is None:
             return None
-        return Entry(json.loads(row[0]), row[1] & (2**64 - 1), row[2], row[3], row[4])
+        return Entry(json.loads(row[0]), row[1] & (2**64 - 1), row[2], row[3])
+
+    def thumbnail(self, key: str) -> bytes | None:
+        row = self.db.execute("SELECT thumbnail FROM results WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
 
     def has(self, key: str) -> bool:
         return self.db.execute("SELECT 1 FROM results WHERE key=?", (key,)).fetchone() is not None
 
-    def put(self, key: str, entry: Entry) -> None:
+    def put(self, key: str, entry: Entry, thumbnail: bytes | None) -> None:
         phash = entry.phash - 2**64 if entry.phash >= 2**63 else entry.phash  # SQLite integers are signed
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?)",
-                            (key, json.dumps(entry.trace), phash, entry.capture_time, entry.time_source,
-                             entry.thumbnail))
+                            (key, json.dumps(entry.trace), phash, entry.capture_time, entry.time_source, thumbnail))
 
 
 def result_key(content_sha256: str, model_sha256: str, options: str) -> str:

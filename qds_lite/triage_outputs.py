@@ -147,7 +147,7 @@ def write_html(path: Path, photos: list[Photo], run: TriageRun, reject_below: fl
 
     def thumbnail(rec: dict) -> bytes | None:
         photo = by_file.get(rec["file"])
-        return run.cache.get(photo.key).thumbnail if photo and photo.key else None
+        return run.cache.thumbnail(photo.key) if photo and photo.key else None
 
     return write_contact_sheet(records(), path, thumbnail, title=f"qds triage: {len(run.photos)} photos")
 
