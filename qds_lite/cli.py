@@ -32,65 +32,26 @@ def _fail(err: QdsError) -> None:
     sys.exit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="qds")
-def main() -> None:
-    """Offline photo-quality critic: where quality suffers, why, and a score."""
+_MODEL_OPTIONS = (
+    click.option("--backend", type=click.Choice(("auto",) + backends.BACKENDS), default="auto", show_default=True),
+    click.option("--model", default=None, help="Bundled model name or folder with a manifest.json."),
+    click.option("--zooms", type=click.IntRange(0, P.N_CELLS), default=P.DEFAULT_ZOOMS, show_default=True,
+                 help="Zoom budget: how many regions the critic may inspect at full resolution."),
+)
 
 
-@main.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="One JSON trace per line (schema: qds_lite/trace.schema.json).")
-@click.option("--backend", type=click.Choice(("auto",) + backends.BACKENDS), default="auto", show_default=True)
-@click.option("--zooms", type=click.IntRange(0, P.N_CELLS), default=P.DEFAULT_ZOOMS, show_default=True,
-              help="Zoom budget: how many regions the critic may inspect at full resolution.")
-@click.option("--threads", type=click.IntRange(1, 64), default=None, help="Threads for the model engine.")
-@click.option("--model", default=None,
-              help="Bundled model name, or a folder with a manifest.json (a small critic, or a full-size VLM critic "
-                   "converted by `python -m export.vlm_convert`).")
-@click.option("--quant", default=None, help="VLM critics: which quantization to run (default: the manifest's first).")
-@click.option("--gpu-layers", type=int, default=None,
-              help="VLM critics: layers to offload to the GPU (default: all where the llama.cpp build has a GPU).")
-@click.option("--ctx", type=click.IntRange(512), default=8192, show_default=True, help="VLM critics: context size.")
-def score(paths: tuple[str, ...], as_json: bool, backend: str, zooms: int, threads: int | None,
-          model: str | None, quant: str | None, gpu_layers: int | None, ctx: int) -> None:
-    """Score photos: score 0-100, level, and the top findings with where they are."""
-    loads = load_ahead(paths)  # the first photo decodes while the critic loads
-    try:
-        if _is_vlm(model):
-            from .vlm import VLMCritic
-
-            critic = VLMCritic(model, quant=quant, n_gpu_layers=gpu_layers, n_ctx=ctx, n_threads=threads,
-                               max_zooms=zooms)
-        else:
-            critic = load(model, backend=backend, threads=threads, zooms=zooms)
-    except QdsError as e:
-        _fail(e)
-    failed = 0
-    for path, loaded in zip(paths, loads):
-        try:
-            if isinstance(loaded, QdsError):
-                raise loaded
-            r = critic.score(loaded)
-        except QdsError as e:
-            failed += 1
-            click.echo(f"qds: {e.message}", err=True)
-            if as_json:
-                click.echo(json.dumps({"file": path, "error": e.message}))
-            continue
-        if as_json:
-            click.echo(json.dumps(r.trace | {"file": path}))
-        else:
-            found = "; ".join(f.describe() for f in r.findings[:3]) or "no visible defects"
-            click.echo(f"{path}  {r.score:5.1f}  {r.level:<9}  {found}")
-    sys.exit(1 if failed else 0)
+def _model_options(fn):
+    for option in reversed(_MODEL_OPTIONS):
+        fn = option(fn)
+    return fn
 
 
-def _score_all(paths: tuple[str, ...], model: str | None, backend: str, zooms: int):
-    """Load the critic and score ``paths`` in order; yields (path, LoadedImage, Result) or (path, QdsError, None)."""
+def _score_all(paths: tuple[str, ...], make_critic):
+    """Score ``paths`` in order with the critic ``make_critic()`` builds (setup errors exit 2); the first
+    photo decodes while it loads. Yields (path, LoadedImage, Result) or (path, QdsError, None)."""
     loads = load_ahead(paths)
     try:
-        critic = load(model, backend=backend, zooms=zooms)
+        critic = make_critic()
     except QdsError as e:
         _fail(e)
     for path, loaded in zip(paths, loads):
@@ -103,17 +64,49 @@ def _score_all(paths: tuple[str, ...], model: str | None, backend: str, zooms: i
             yield path, e, None
 
 
-_MODEL_OPTIONS = (
-    click.option("--backend", type=click.Choice(("auto",) + backends.BACKENDS), default="auto", show_default=True),
-    click.option("--model", default=None, help="Bundled model name or folder with a manifest.json."),
-    click.option("--zooms", type=click.IntRange(0, P.N_CELLS), default=P.DEFAULT_ZOOMS, show_default=True),
-)
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="qds")
+def main() -> None:
+    """Offline photo-quality critic: where quality suffers, why, and a score."""
 
 
-def _model_options(fn):
-    for option in reversed(_MODEL_OPTIONS):
-        fn = option(fn)
-    return fn
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="One JSON trace per line (schema: qds_lite/trace.schema.json).")
+@_model_options
+@click.option("--threads", type=click.IntRange(1, 64), default=None, help="Threads for the model engine.")
+@click.option("--quant", default=None, help="VLM critics: which quantization to run (default: the manifest's first).")
+@click.option("--gpu-layers", type=int, default=None,
+              help="VLM critics: layers to offload to the GPU (default: all where the llama.cpp build has a GPU).")
+@click.option("--ctx", type=click.IntRange(512), default=8192, show_default=True, help="VLM critics: context size.")
+def score(paths: tuple[str, ...], as_json: bool, backend: str, zooms: int, threads: int | None,
+          model: str | None, quant: str | None, gpu_layers: int | None, ctx: int) -> None:
+    """Score photos: score 0-100, level, and the top findings with where they are.
+
+    --model also takes a folder holding a full-size VLM critic converted by `python -m export.vlm_convert`.
+    """
+    def make_critic():
+        if _is_vlm(model):
+            from .vlm import VLMCritic
+
+            return VLMCritic(model, quant=quant, n_gpu_layers=gpu_layers, n_ctx=ctx, n_threads=threads,
+                             max_zooms=zooms)
+        return load(model, backend=backend, threads=threads, zooms=zooms)
+
+    failed = 0
+    for path, err, r in _score_all(paths, make_critic):
+        if r is None:
+            failed += 1
+            click.echo(f"qds: {err.message}", err=True)
+            if as_json:
+                click.echo(json.dumps({"file": path, "error": err.message}))
+            continue
+        if as_json:
+            click.echo(json.dumps(r.trace | {"file": path}))
+        else:
+            found = "; ".join(f.describe() for f in r.findings[:3]) or "no visible defects"
+            click.echo(f"{path}  {r.score:5.1f}  {r.level:<9}  {found}")
+    sys.exit(1 if failed else 0)
 
 
 @main.command()
@@ -127,7 +120,7 @@ def explain(photo: str, out: Path, as_html: bool, width: int, backend: str, mode
     """Draw the critic's zooms and findings on PHOTO, with its score, level distribution and rationale."""
     from .explain import write_explanation, write_explanation_html
 
-    for path, loaded, r in _score_all((photo,), model, backend, zooms):
+    for path, loaded, r in _score_all((photo,), lambda: load(model, backend=backend, zooms=zooms)):
         if r is None:
             click.echo(f"qds: {loaded.message}", err=True)
             sys.exit(1)
@@ -190,7 +183,7 @@ def compare(photos: tuple[str, ...], as_json: bool, backend: str, model: str | N
     if len(photos) < 2:
         _fail(QdsError("compare needs at least two photos"))
     results, failed = [], 0
-    for path, loaded, r in _score_all(photos, model, backend, zooms):
+    for path, loaded, r in _score_all(photos, lambda: load(model, backend=backend, zooms=zooms)):
         if r is None:
             failed += 1
             click.echo(f"qds: {loaded.message}", err=True)
@@ -215,9 +208,7 @@ def compare(photos: tuple[str, ...], as_json: bool, backend: str, model: str | N
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("--workers", type=click.IntRange(1, 256), default=None, help="Processes (default: all cores).")
-@click.option("--backend", type=click.Choice(("auto",) + backends.BACKENDS), default="auto", show_default=True)
-@click.option("--model", default=None, help="Bundled model name or folder with a manifest.json.")
-@click.option("--zooms", type=click.IntRange(0, P.N_CELLS), default=P.DEFAULT_ZOOMS, show_default=True)
+@_model_options
 @click.option("--cache", "cache_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="SQLite cache of results [default: $QDS_CACHE_DIR, $XDG_CACHE_HOME/qds or ~/.cache/qds].")
 @click.option("--no-cache", is_flag=True, help="Score everything afresh and keep no cache.")
