@@ -17,7 +17,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 
 import numpy as np
@@ -51,6 +51,8 @@ class LoadedImage:
     full: Image.Image | np.ndarray  # full-resolution oriented RGB: a Pillow "RGB" image or HxWx3 uint8 array
     original_size: tuple[int, int]  # (width, height) after orientation
     glance: np.ndarray  # GLANCE_SIZE x GLANCE_SIZE x 3 uint8 view of the whole image
+    # the glance's intermediate integer reduction of ``full`` (None for arrays), reused by thumbnail()
+    reduced: Image.Image | None = field(default=None, repr=False, compare=False)
 
     @cached_property
     def pixels(self) -> np.ndarray:
@@ -67,7 +69,7 @@ class LoadedImage:
         w, h = self.original_size
         s = min(1.0, long_side / max(w, h))
         size = (max(1, round(w * s)), max(1, round(h * s)))
-        base = self.__dict__.get("_reduced")
+        base = self.reduced
         if base is None or base.width < size[0] or base.height < size[1]:
             base = self.full if isinstance(self.full, Image.Image) else Image.fromarray(self.full)
         return base.resize(size, Image.BILINEAR, reducing_gap=2.0)
@@ -98,9 +100,7 @@ def load_image(source: Source, *, max_pixels: int | None = None) -> LoadedImage:
         img = img.copy()
     img = _to_srgb(img, name, owned=True)
     glance, reduced = _glance_and_reduced(img)
-    loaded = LoadedImage(name, img, img.size, glance)
-    loaded.__dict__["_reduced"] = reduced  # kept for LoadedImage.thumbnail (not a field: not part of equality)
-    return loaded
+    return LoadedImage(name, img, img.size, glance, reduced)
 
 
 def fast_glance(source: str | os.PathLike | bytes, *, max_pixels: int | None = None) -> np.ndarray:
