@@ -73,7 +73,7 @@ def make_shoot(folder: Path, n: int) -> list[Path]:
 def measure(cmd: list[str]) -> dict:
     out = subprocess.run([sys.executable, "-c", _WRAP, *cmd], capture_output=True, text=True, check=True)
     doc = json.loads(out.stdout)
-    if doc["rc"] not in (0,):
+    if doc["rc"] != 0:
         raise SystemExit(f"benchmark command failed ({doc['rc']}): {' '.join(cmd)}")
     return doc
 
