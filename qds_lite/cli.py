@@ -337,7 +337,7 @@ def list_backends() -> None:
 
 @main.group()
 def models() -> None:
-    """Bundled critics and their manifests."""
+    """Bundled critics, known full-size critics, pulling and verifying them."""
 
 
 @models.command("list")
@@ -354,11 +354,60 @@ def models_list() -> None:
         click.echo(f"{name}  v{m['version']}  {m['total_size'] / 1e6:.1f} MB  bundled (sha256-verified)")
         for key, value in m.get("evaluation", {}).get("summary", {}).items():
             click.echo(f"    {key}: {value}")
-    click.echo("known full-size critics (not bundled; convert a checkpoint with `python -m export.vlm_convert`):")
-    for c in remote_critics():
+    click.echo("known full-size critics (not bundled; `qds models pull NAME` fetches one from Hugging Face):")
+    critics = remote_critics()
+    try:
+        from .hub import cached
+
+        local, missing = cached(critics), "not pulled"
+    except QdsError as e:
+        local, missing = {}, f"not pulled ({e.hint})"
+    for c in critics:
+        quant = next((q for q in c.sizes_gb if q != "mmproj-F16"), None)
         sizes = ", ".join(f"{q} ~{gb:.1f} GB" for q, gb in c.sizes_gb.items())
-        click.echo(f"{c.name}  {c.hf_repo}  {c.license}  {'verified' if c.verified else 'unverified'}")
-        click.echo(f"    files: {sizes}; Q4_K_M needs ~{c.memory_gb():.1f} GB (RAM, or VRAM fully offloaded)")
+        click.echo(f"{c.name}  {c.hf_repo}  {c.format}  {c.license}  {'verified' if c.verified else 'unverified'}")
+        if quant:
+            click.echo(f"    files: {sizes}; {quant} needs ~{c.memory_gb(quant):.1f} GB (RAM, or VRAM fully offloaded)")
+        got = local.get(c.name)
+        click.echo(f"    pulled: commit {got.commit[:12]}, {got.n_files} files, {got.size / 1e9:.1f} GB, in "
+                   f"{got.snapshot}" if got else f"    {missing}")
+
+
+@models.command("pull")
+@click.argument("name")
+@click.option("--revision", default=None, help="Commit (or branch, tag) to fetch instead of the registry's pinned one.")
+@click.option("--quant", default=None, help="GGUF entries: which language model to fetch (default: the first listed).")
+@click.option("--allow-unverified", is_flag=True,
+              help="Pull even with no sha256 recorded for it, and print the hashes (trust on first use).")
+def models_pull(name: str, revision: str | None, quant: str | None, allow_unverified: bool) -> None:
+    """Download the known critic NAME (see `qds models list`) into the Hugging Face cache, sha256-checked.
+
+    The only command that downloads. Uses huggingface-hub: its cache ($HF_HUB_CACHE, default
+    $HF_HOME/hub or ~/.cache/huggingface/hub), HF_HUB_OFFLINE=1 (then only what is cached), resuming of
+    interrupted downloads, $HF_TOKEN for gated repos.
+    """
+    from . import registry
+    from .hub import pull
+
+    try:
+        p = pull(name, revision, quant, allow_unverified, progress=lambda path: click.echo(f"sha256 {path}", err=True))
+    except QdsError as e:
+        _fail(e)
+    click.echo(f"{name}: {len(p.sha256)} files, {p.size / 1e9:.2f} GB, {p.critic.hf_repo} commit {p.commit}")
+    click.echo(f"in {p.snapshot}")
+    if p.verified:
+        click.echo("every file matches its sha256 in the registry")
+    else:
+        click.echo(f"UNVERIFIED, trust on first use: these sha256s are of what was downloaded, checked against "
+                   f"nothing. To check later pulls, record them in the {name!r} entry of {registry.REGISTRY_PATH}:")
+        click.echo(json.dumps({"revision": p.commit, "files": p.sha256}, indent=1))
+    if p.model_dir:
+        click.echo(f"next: qds score photo.jpg --model {p.model_dir}")
+    else:
+        click.echo("next: convert it to GGUF + mmproj (from a qds-lite checkout with the gguf and train extras), "
+                   "then score with it:")
+        click.echo(f"    python -m export.vlm_convert {p.snapshot} --out models/{name} --name {name} --quant Q4_K_M")
+        click.echo(f"    qds score photo.jpg --model models/{name}")
 
 
 @models.command("verify")
