@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
 SAMPLES = sorted(DATA.glob("*.jpg"))
 
@@ -27,3 +30,24 @@ def torch_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory) -> Path:
+    """A tiny random Qwen2.5-VL (tests/vlm_tiny.py) converted by export.vlm_convert to every quantization in
+    vlm_tiny.QUANTS: built once per session, shared by tests/test_vlm.py and tests/test_distill.py."""
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("transformers")
+    pytest.importorskip("sentencepiece")
+    from tests import vlm_tiny
+
+    tmp = tmp_path_factory.mktemp("vlm")
+    vlm_tiny.build(tmp / "hf")
+    out = tmp / "critic"
+    done = subprocess.run([sys.executable, "-m", "export.vlm_convert", str(tmp / "hf"), "--out", str(out),
+                           "--name", "qds-tiny-vlm", "--quant", *vlm_tiny.QUANTS], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    assert "[1/6] language model (Qwen2_5_VLForConditionalGeneration)" in done.stdout
+    assert done.stdout.count("wrote ") == len(vlm_tiny.QUANTS) + 2  # the GGUFs, the mmproj, manifest.json
+    return out

@@ -19,10 +19,9 @@ import pytest
 
 from qds_lite import vlm_protocol as V
 from qds_lite.errors import ModelError
+from tests.vlm_tiny import FAST, QUANTS
 
 ROOT = Path(__file__).resolve().parent.parent
-QUANTS = ("Q4_K_M", "Q5_K_M", "Q8_0")
-FAST = {"n_threads": 1, "n_ctx": 4096, "glance_side": 224, "think_chars": 48}
 
 
 def pattern(w: int = 640, h: int = 480) -> np.ndarray:
@@ -64,25 +63,7 @@ def test_score_mapping():
     assert probs == pytest.approx([0.2] * 5) and V.score_of(2.0, probs) == pytest.approx(50.0)
 
 
-# --- tiny model end to end -------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_vlm(tmp_path_factory) -> Path:
-    pytest.importorskip("llama_cpp")
-    pytest.importorskip("transformers")
-    pytest.importorskip("sentencepiece")
-    from tests import vlm_tiny
-
-    tmp = tmp_path_factory.mktemp("vlm")
-    vlm_tiny.build(tmp / "hf")
-    out = tmp / "critic"
-    done = subprocess.run([sys.executable, "-m", "export.vlm_convert", str(tmp / "hf"), "--out", str(out),
-                           "--name", "qds-tiny-vlm", "--quant", *QUANTS], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
-    assert "[1/6] language model (Qwen2_5_VLForConditionalGeneration)" in done.stdout
-    assert done.stdout.count("wrote ") == len(QUANTS) + 2  # the GGUFs, the mmproj, manifest.json
-    return out
-
-
+# --- tiny model end to end (the tiny_vlm fixture is in conftest.py) -------------------------------
 @pytest.fixture(scope="module")
 def critic(tiny_vlm):
     from qds_lite.vlm import VLMCritic

@@ -39,6 +39,9 @@ _CORPUS = (
     "blur motion_blur defocus noise jpeg banding overexposure underexposure low_contrast color_cast",
     "oversharpen haze upscale_artifacts generative_artifacts 0123456789 [ ] , . < > / = \" ' :",
 )
+QUANTS = ("Q4_K_M", "Q5_K_M", "Q8_0")  # what the tests convert the tiny checkpoint to
+# VLMCritic settings that keep a test run short; one llama.cpp thread: on a busy 2-core machine two made it 100x slower
+FAST = {"n_threads": 1, "n_ctx": 4096, "glance_side": 224, "think_chars": 48}
 VOCAB_SIZE = 512  # 256 byte pieces + specials + a few hundred merges; the embedding is padded to this
 TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
