@@ -3,8 +3,9 @@
     python -m export.build            # ~1 h on 2 cores; caches under build/, resumable
 
 1. fold + fp16-round the ImageNet MobileNetV2 trunk and export it to ONNX (for fast data caching);
-2. synthesize and cache the train and dev samples (export.samples);
-3. train the projection and reasoner on oracle trajectories (export.train), fixed seeds;
+2. synthesize and cache the train and dev samples (export.samples; ~4.5 min per batch of variants);
+3. train the projection and reasoner on oracle trajectories (export.train), fixed seeds, then optionally
+   the GRPO stage (export.rl, --rl-epochs); each stage's head is cached in WORK/head*.npz;
 4. export: critic.npz (fp16 weights, all backends' shared tables, NumPy backend), encoder ONNX fp32 ->
    static int8, reasoner ONNX fp32, reasoner GGUF Q8_0, each checked against the PyTorch reference;
 5. write the manifest (sha256 and size of every file, config, training log) and the golden vectors
@@ -17,6 +18,7 @@ import argparse
 import json
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +36,20 @@ from export.onnx_export import (
     verify_encoder,
     verify_reasoner,
 )
+from export.rl import reinforce
 from export.samples import build as build_samples
 from export.samples import load_shards
-from export.train import train
+from export.train import LossWeights, train
 from kernels.model import (
     CLIP_HIGH,
     CLIP_LOW,
     LUMA,
+    NSS_BLOCK,
+    NSS_C,
+    NSS_FLAT,
+    NSS_SIGMA,
+    NSS_STILL,
+    NSS_TAPS,
     PIXEL_CELL,
     TAP_BLOCKS,
     TAP_CELL,
@@ -53,6 +62,7 @@ from qds_lite import protocol as P
 from qds_lite.model_store import BUNDLED_DIR, DEFAULT_MODEL
 
 SEED = 0
+DEV_VARIANTS = 16
 
 
 def critic_config() -> CriticConfig:
@@ -64,6 +74,8 @@ def runtime_config(cfg: CriticConfig) -> dict:
     return cfg.to_dict() | {
         "encoder_blocks": mobilenet_blocks(), "tap_blocks": list(TAP_BLOCKS), "tap_cells": list(TAP_CELL),
         "pixel_cell": PIXEL_CELL, "clip": [CLIP_HIGH, CLIP_LOW], "luma": list(LUMA),
+        "nss": {"taps": NSS_TAPS, "sigma": NSS_SIGMA, "c": NSS_C, "flat": NSS_FLAT, "still": NSS_STILL,
+                "block": NSS_BLOCK},
         "vocab": list(P.VOCAB), "grid": P.GRID, "glance_size": P.GLANCE_SIZE, "zoom_size": P.ZOOM_SIZE,
     }
 
@@ -107,62 +119,87 @@ def export_all(weights: dict[str, np.ndarray], cfg: CriticConfig, out: Path, wor
     export_reasoner(weights, cfg, out / "reasoner.onnx")
     notes["reasoner_onnx_max_abs"] = verify_reasoner(weights, cfg, out / "reasoner.onnx")
     manifest.wrote(out / "reasoner.onnx")
-    export_gguf(weights, cfg, out / "reasoner.q8_0.gguf", qtype="q8_0", name=DEFAULT_MODEL)
+    shipped = out.resolve() == (BUNDLED_DIR / DEFAULT_MODEL).resolve()
+    name = DEFAULT_MODEL if shipped else out.name  # an ablation variant or experiment is never the shipped critic
+    export_gguf(weights, cfg, out / "reasoner.q8_0.gguf", qtype="q8_0", name=name)
     # the evaluation of the same weights stays (record a new one with `python -m export.manifest` after retraining)
-    manifest.write(out, name=DEFAULT_MODEL, config=runtime_config(cfg), training=training | {"export": notes},
+    manifest.write(out, name=name, config=runtime_config(cfg), training=training | {"export": notes},
                    evaluation=evaluation if training.get("reused_head") else None)
-    golden.write(weights, cfg)
+    if shipped:
+        golden.write(weights, cfg)
+
+
+def cached_stage(stem: Path, settings: dict, retrain: bool, run) -> tuple[dict[str, np.ndarray], list, float, bool]:
+    """Run a training stage (``run() -> (head, history)``) or reuse STEM.npz when STEM.json records the
+    same settings; returns the head, its history, the minutes it took, and whether it was reused."""
+    head_path, log_path = stem.with_suffix(".npz"), stem.with_suffix(".json")
+    if not retrain and log_path.exists() and json.loads(log_path.read_text())["settings"] == settings:
+        with np.load(head_path, allow_pickle=False) as z:
+            head = {k: z[k] for k in z.files}
+        log = json.loads(log_path.read_text())
+        print(f"reusing the trained head in {head_path} (--retrain to train again)")
+        return head, log["history"], log.get("minutes"), True
+    t0 = time.time()
+    head, history = run()
+    minutes = round((time.time() - t0) / 60, 1)
+    np.savez(head_path, **head)
+    log_path.write_text(json.dumps({"settings": settings, "history": history, "minutes": minutes}))
+    return head, history, minutes, False
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("build"), help="cache and scratch folder")
+    ap.add_argument("--cache", type=Path, default=None, help="sample cache (default: WORK/cache)")
     ap.add_argument("--out", type=Path, default=BUNDLED_DIR / DEFAULT_MODEL)
     ap.add_argument("--variants", type=int, default=24, help="degraded variants per training photo and batch")
-    ap.add_argument("--batches", type=int, default=2, help="cached batches of variants (seeds 0, 1, ...)")
-    ap.add_argument("--epochs", type=int, default=16)
+    ap.add_argument("--batches", type=int, default=6, help="cached batches of variants (seeds 0, 1, ...)")
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--retrain", action="store_true", help="train even if build/head.npz matches the settings")
+    ap.add_argument("--cells-weight", type=float, default=LossWeights.cells,
+                    help="weight of the per-cell diagnosis loss (0 turns it off; ablation)")
+    ap.add_argument("--rank-weight", type=float, default=LossWeights.rank,
+                    help="weight of the Thurstone ranking loss across images (0 turns it off; ablation)")
+    ap.add_argument("--rl-epochs", type=int, default=0, help="epochs of the GRPO stage after the supervised one "
+                    "(export/rl.py; 0: none)")
+    ap.add_argument("--rl-samples", type=int, default=2048, help="training samples per GRPO epoch")
+    ap.add_argument("--retrain", action="store_true", help="train even if WORK/head*.npz match the settings")
     ap.add_argument("--int8-encoder", action="store_true",
                     help="ship the static int8 encoder (off: no int8 recipe keeps scores within 1.0 of fp32, "
                          "see export/quant_study.py)")
     a = ap.parse_args()
     torch.manual_seed(SEED)
     torch.set_num_threads(a.workers)
-    t0 = time.time()
     a.work.mkdir(parents=True, exist_ok=True)
 
     trunk = trunk_arrays()
     trunk_onnx = a.work / "trunk.onnx"
     export_trunk(trunk, trunk_onnx)
-    cache = a.work / "cache"
-    dev = load_shards(build_samples("dev", 8, cache, str(trunk_onnx), seed=SEED, workers=a.workers))
+    cache = a.cache or a.work / "cache"
+    dev = load_shards(build_samples("dev", DEV_VARIANTS, cache, str(trunk_onnx), seed=SEED, workers=a.workers))
     data = load_shards([shard for b in range(a.batches) for shard in build_samples(
         "train", a.variants, cache, str(trunk_onnx), seed=SEED + b, workers=a.workers)])
     print(f"samples: train {len(data['kinds'])}, dev {len(dev['kinds'])}", flush=True)
 
     cfg = critic_config()
+    weights = LossWeights(cells=a.cells_weight, rank=a.rank_weight)
     settings = {"seed": SEED, "epochs": a.epochs, "variants": a.variants, "batches": a.batches,
-                "config": cfg.to_dict()}
-    head_path, log_path = a.work / "head.npz", a.work / "head.json"
-    if not a.retrain and log_path.exists() and json.loads(log_path.read_text())["settings"] == settings:
-        with np.load(head_path, allow_pickle=False) as z:
-            head = {k: z[k] for k in z.files}
-        log = json.loads(log_path.read_text())
-        history, minutes = log["history"], log.get("minutes")
-        print(f"reusing the trained head in {head_path} (--retrain to train again)")
-        reused = True
-    else:
-        head, history = train(init_head(cfg, SEED), cfg, data, dev, epochs=a.epochs, seed=SEED)
-        reused = False
-        minutes = round((time.time() - t0) / 60, 1)
-        np.savez(head_path, **head)
-        log_path.write_text(json.dumps({"settings": settings, "history": history, "minutes": minutes}))
+                "loss_weights": asdict(weights), "config": cfg.to_dict()}
+    head, history, minutes, reused = cached_stage(
+        a.work / "head", settings, a.retrain,
+        lambda: train(init_head(cfg, SEED), cfg, data, dev, epochs=a.epochs, seed=SEED, weights=weights))
+    if a.rl_epochs:
+        settings = settings | {"rl_epochs": a.rl_epochs, "rl_samples": a.rl_samples}
+        supervised = head
+        head, rl_history, rl_minutes, rl_reused = cached_stage(
+            a.work / "head_rl", settings, a.retrain,
+            lambda: reinforce(supervised, cfg, data, dev, epochs=a.rl_epochs, per_epoch=a.rl_samples, seed=SEED))
+        history, minutes, reused = history + rl_history, (minutes or 0) + (rl_minutes or 0), reused and rl_reused
     training = {
         "command": "python -m export.build", **settings,
         "samples": {"train": int(len(data["kinds"])), "dev": int(len(dev["kinds"]))},
         "photos": {s: len(pristine_photos(s)) for s in ("train", "dev", "test")},
-        "history": history, "minutes": minutes,  # data caching + training, when the head was trained
+        "history": history, "minutes": minutes,  # training (supervised + GRPO), when the head was trained
         "reused_head": reused,
     }
     export_all(trunk | round_to_half(head), cfg, a.out, a.work, training, a.int8_encoder)

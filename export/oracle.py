@@ -61,6 +61,21 @@ def region_cells(region: tuple[int, int, int, int] | None) -> tuple[int, int]:
     return r0 * P.GRID + c0, (r1 - 1) * P.GRID + (c1 - 1)
 
 
+def cell_types(degs: list[tuple[str, float, tuple | None]], min_severity: float) -> np.ndarray:
+    """Per grid cell, the index of the finding type of the most severe degradation covering it with at
+    least ``min_severity``, or len(FINDING_TYPES) where none does (the cell looks clean)."""
+    out = np.full(P.N_CELLS, len(P.FINDING_TYPES), np.int64)
+    best = np.zeros(P.N_CELLS)
+    for kind, s, region in degs:
+        c0, r0, c1, r1 = region if region is not None else (0, 0, P.GRID, P.GRID)
+        for r in range(r0, r1):
+            for c in range(c0, c1):
+                cell = r * P.GRID + c
+                if s >= min_severity and s > best[cell]:
+                    best[cell], out[cell] = s, P.FINDING_TYPES.index(kind)
+    return out
+
+
 def finding_tokens(degs: list[tuple[str, float, tuple | None]]) -> list[int]:
     out = []
     for kind, s, region in degs[:P.MAX_FINDINGS]:

@@ -5,12 +5,13 @@ whose names are shared with the NumPy backend and the exporters (``state_arrays`
 so there is no per-backend renaming.
 
 Encoder: the first 14 blocks of an ImageNet MobileNetV2 (batch-norm folded into the convolutions),
-tapped after block 6 (32 channels, stride 8) and block 13 (96 channels, stride 16). Each tap is pooled
-into a grid of cells (4x4 for the 256 px glance, 2x2 for a 128 px zoom; a cell is always 64x64 view
-pixels, 8x8 / 4x4 feature pixels) by mean and standard deviation; eight pixel statistics of the cell
-(mean and std of R, G, B, and the share of clipped highlights and crushed shadows) join them, because
-ImageNet features are built to ignore exactly the colour casts and exposure errors a critic must see.
-A two-layer MLP turns the 264 numbers of a cell into a ``d_model`` visual token.
+tapped after block 3 (24 channels, stride 4), block 6 (32 channels, stride 8) and block 13 (96 channels,
+stride 16). Each tap is pooled into a grid of cells (4x4 for the 256 px glance, 2x2 for a 128 px zoom;
+a cell is always 64x64 view pixels) by mean and standard deviation. Pixel statistics of the cell join
+them, because ImageNet features are built to ignore exactly what a critic must see: mean and std of
+R, G, B and the share of clipped highlights and crushed shadows (colour casts, exposure), and the
+natural-scene statistics of :func:`scene_statistics` (noise, blur, blocking, banding, shake).
+A two-layer MLP turns the 345 numbers of a cell into a ``d_model`` visual token.
 
 Reasoner: a Llama-style decoder (RMSNorm, rotary attention rotating *adjacent* pairs as llama.cpp's
 ``llama`` architecture does, SwiGLU) over the protocol's vocabulary plus visual-token embeddings.
@@ -30,11 +31,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # MobileNetV2 inverted-residual settings (expand ratio t, channels c, repeats n, first stride s).
 _MBV2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1))
-TAP_BLOCKS = (6, 13)  # feature taps: end of block 6 (32 ch, stride 8) and block 13 (96 ch, stride 16)
-TAP_CELL = (8, 4)  # feature pixels per cell side at each tap (glance 256 px -> 4x4 cells, zoom 128 -> 2x2)
+TAP_BLOCKS = (3, 6, 13)  # feature taps: ends of blocks 3 (24 ch, stride 4), 6 (32 ch, /8), 13 (96 ch, /16)
+TAP_CELL = (16, 8, 4)  # feature pixels per cell side at each tap (glance 256 px -> 4x4 cells, zoom 128 -> 2x2)
 PIXEL_CELL = 64  # view pixels per cell side
 CLIP_HIGH, CLIP_LOW = 0.98, 0.02  # luma thresholds for clipped highlights / crushed shadows
 LUMA = (0.299, 0.587, 0.114)
+# Natural-scene statistics (scene_statistics): BRISQUE's local normalisation (7x7 Gaussian window,
+# sigma 7/6, stabiliser 1/255), soft thresholds in [0, 1] units, JPEG's 8-pixel block grid.
+NSS_TAPS = 7
+NSS_SIGMA = 7.0 / 6.0
+NSS_C = 1.0 / 255.0
+NSS_FLAT = 2.0 / 255.0  # local std below this reads as flat (banding, clipping, crushed shadows)
+NSS_STILL = 0.5 / 255.0  # a neighbour difference below this reads as no change (posterised steps)
+NSS_BLOCK = 8
+NSS_STATS = 2 * 13 + 2 + 2 + 1 + 2  # per scale x2, chroma detail, blockiness, still share, gradient
 # Longest sequence the reasoner sees: 1 + 16 glance tokens + 16 zooms x (2 + 4) + verdict + 3 findings x 5 + eos
 # is 131; the RoPE tables (constants in the exported step graph) cover twice that.
 MAX_POSITIONS = 256
@@ -52,7 +62,7 @@ def mobilenet_blocks() -> list[tuple[int, int, int, int]]:
 
 @dataclass(frozen=True)
 class CriticConfig:
-    feat_dim: int = 2 * (32 + 96) + 8  # mean and std of both taps, then the pixel statistics
+    feat_dim: int = 2 * (24 + 32 + 96) + 8 + NSS_STATS  # mean and std of the taps, then the pixel statistics
     proj_hidden: int = 256
     d_model: int = 128
     n_layers: int = 3
@@ -109,8 +119,85 @@ def pool_features(taps: list[torch.Tensor], pixels: torch.Tensor) -> torch.Tenso
     luma = (pixels * pixels.new_tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
     for clipped in (luma >= CLIP_HIGH, luma <= CLIP_LOW):
         feats.append(F.avg_pool2d(clipped.float(), PIXEL_CELL))
+    feats.append(scene_statistics(pixels, luma))
     f = torch.cat(feats, dim=1)  # (N, feat_dim, gh, gw)
     return f.flatten(2).transpose(1, 2)
+
+
+def gaussian_taps() -> torch.Tensor:
+    x = torch.arange(NSS_TAPS, dtype=torch.float64) - NSS_TAPS // 2
+    g = torch.exp(-0.5 * (x / NSS_SIGMA) ** 2)
+    return (g / g.sum()).float()
+
+
+def local_mean(x: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian window (NSS_TAPS, NSS_SIGMA) over one channel (N, 1, H, W), reflect-padded.
+
+    Written as shifted multiply-adds rather than a convolution so that it runs in float64 too (local
+    variances are differences of nearly equal moments; onnxruntime has no float64 convolution)."""
+    r = NSS_TAPS // 2
+    g = gaussian_taps().double().tolist()
+    x = F.pad(x, (r, r, r, r), mode="reflect")
+    rows = sum(g[i] * x[..., :, i:i - 2 * r or None] for i in range(NSS_TAPS))
+    return sum(g[i] * rows[..., i:i - 2 * r or None, :] for i in range(NSS_TAPS))
+
+
+def neighbour_products(m: torch.Tensor) -> list[torch.Tensor]:
+    """m times its right, lower, lower-right and lower-left neighbour (zero beyond the border)."""
+    z = F.pad(m, (1, 1, 0, 1))
+    return [m * z[:, :, :-1, 2:], m * z[:, :, 1:, 1:-1], m * z[:, :, 1:, 2:], m * z[:, :, 1:, :-2]]
+
+
+def mscn_statistics(y: torch.Tensor, cell: int) -> list[torch.Tensor]:
+    """13 statistics per cell of one luma scale: the mean square and mean magnitude of the locally
+    normalised (MSCN) coefficients and of their products with four neighbours (BRISQUE's features
+    as moments, which need no distribution fit), then the mean and std of the local contrast and a
+    soft share of flat pixels."""
+    y64 = y.double()  # var = E[y^2] - mu^2 cancels badly in float32 on flat areas (sky, walls)
+    mu = local_mean(y64)
+    var64 = (local_mean(y64 * y64) - mu * mu).clamp_min(0.0)
+    m = ((y64 - mu) / (torch.sqrt(var64) + NSS_C)).float()
+    var = var64.float()
+    sigma = torch.sqrt(var)
+    out = [F.avg_pool2d(m * m, cell), F.avg_pool2d(m.abs(), cell)]
+    for p in neighbour_products(m):
+        out += [F.avg_pool2d(p, cell), F.avg_pool2d(p.abs(), cell)]
+    out += _mean_std(sigma, cell)
+    out.append(F.avg_pool2d(NSS_FLAT ** 2 / (var + NSS_FLAT ** 2), cell))
+    return out
+
+
+def block_contrast(d: torch.Tensor) -> torch.Tensor:
+    """d: (N, 1, gh, W) column means over each cell's rows of |horizontal differences| -> (N, 1, gh, gw):
+    how much the strongest of the 8 column phases stands out (JPEG block edges, wherever the grid starts)."""
+    n, _, gh, _ = d.shape
+    phases = d.reshape(n, gh, -1, PIXEL_CELL // NSS_BLOCK, NSS_BLOCK).mean(3)  # (N, gh, gw, 8)
+    mean = phases.mean(-1)
+    return ((phases.amax(-1) - mean) / (mean + NSS_C)).unsqueeze(1)
+
+
+def scene_statistics(pixels: torch.Tensor, luma: torch.Tensor) -> torch.Tensor:
+    """NSS_STATS statistics per cell of what ImageNet features are blind to (N, NSS_STATS, gh, gw):
+    MSCN statistics at full and half resolution (noise, blur, oversharpening), the RMS of fine chroma
+    detail (chroma noise), JPEG blockiness across columns and rows, a soft share of unchanged
+    neighbours (posterisation), and the gradient energy and coherence (directional shake)."""
+    half = F.avg_pool2d(luma, 2)
+    feats = mscn_statistics(luma, PIXEL_CELL) + mscn_statistics(half, PIXEL_CELL // 2)
+    r, b = pixels[:, 0:1], pixels[:, 2:3]
+    for chroma in (0.564 * (b - luma), 0.713 * (r - luma)):
+        detail = chroma - local_mean(chroma)
+        feats.append(torch.sqrt(F.avg_pool2d(detail * detail, PIXEL_CELL) + 1e-6))
+    dx = F.pad(luma[..., :, 1:] - luma[..., :, :-1], (0, 1))
+    dy = F.pad(luma[..., 1:, :] - luma[..., :-1, :], (0, 0, 0, 1))
+    feats.append(block_contrast(F.avg_pool2d(dx.abs(), (PIXEL_CELL, 1))))
+    feats.append(block_contrast(F.avg_pool2d(dy.abs(), (1, PIXEL_CELL)).transpose(2, 3)).transpose(2, 3))
+    feats.append(F.avg_pool2d(NSS_STILL ** 2 / (dx * dx + NSS_STILL ** 2) * NSS_STILL ** 2 / (dy * dy + NSS_STILL ** 2),
+                              PIXEL_CELL))
+    jxx, jyy, jxy = (F.avg_pool2d(v, PIXEL_CELL) for v in (dx * dx, dy * dy, dx * dy))
+    energy = jxx + jyy
+    feats.append(torch.sqrt(energy + 1e-8))
+    feats.append(torch.sqrt((jxx - jyy) ** 2 + 4 * jxy * jxy + 1e-12) / (energy + 1e-6))
+    return torch.cat(feats, dim=1)
 
 
 def project_features(p: dict[str, torch.Tensor], f: torch.Tensor) -> torch.Tensor:
@@ -139,10 +226,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 def reasoner_forward(p: dict[str, torch.Tensor], cfg: CriticConfig, x: torch.Tensor) -> torch.Tensor:
     """x: (B, T, d_model) input embeddings -> logits (B, T, vocab). Causal."""
+    return reasoner_hidden(p, cfg, x) @ p["dec.output"].T
+
+
+def reasoner_hidden(p: dict[str, torch.Tensor], cfg: CriticConfig, x: torch.Tensor) -> torch.Tensor:
+    """x: (B, T, d_model) -> the final normed hidden states (B, T, d_model) the output head reads."""
     B, T, d = x.shape
     empty = x.new_zeros(cfg.n_layers, B, 0, cfg.n_heads, d // cfg.n_heads)
-    h, _, _ = _decoder(p, cfg, x, empty, empty)
-    return h @ p["dec.output"].T
+    return _decoder(p, cfg, x, empty, empty)[0]
 
 
 def reasoner_step(p: dict[str, torch.Tensor], cfg: CriticConfig, x: torch.Tensor, past_k: torch.Tensor,

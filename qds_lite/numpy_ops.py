@@ -6,10 +6,28 @@ Layouts follow PyTorch (NCHW activations without the batch axis, i.e. (C, H, W);
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+@dataclass(frozen=True)
+class NSSConstants:
+    """The natural-scene-statistics constants a model was trained with (its config's ``nss`` entry)."""
+
+    window: np.ndarray  # the separable Gaussian window
+    c: np.float32  # MSCN stabiliser
+    flat: np.float32  # local std that reads as flat
+    still: np.float32  # neighbour difference that reads as no change
+    block: int  # JPEG block size
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> NSSConstants:
+        return cls(gaussian_window(cfg["taps"], cfg["sigma"]), np.float32(cfg["c"]), np.float32(cfg["flat"]),
+                   np.float32(cfg["still"]), int(cfg["block"]))
 
 
 def relu6(x: np.ndarray) -> np.ndarray:
@@ -65,6 +83,83 @@ def cell_mean_std(x: np.ndarray, cell: int) -> list[np.ndarray]:
     m = cell_mean(x, cell)
     v = np.maximum(cell_mean(x * x, cell) - m * m, 0.0)
     return [m, np.sqrt(v + 1e-6)]
+
+
+def gaussian_window(taps: int, sigma: float) -> np.ndarray:
+    x = np.arange(taps, dtype=np.float64) - taps // 2
+    g = np.exp(-0.5 * (x / sigma) ** 2)
+    return (g / g.sum()).astype(np.float32)
+
+
+def local_mean(x: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Separable window ``g`` over (H, W), reflect-padded (the edge not repeated, as PyTorch's reflect),
+    in the dtype of ``x``."""
+    r = len(g) // 2
+    g = g.astype(x.dtype)
+    xp = np.pad(x, r, mode="reflect")
+    h, w = x.shape
+    rows = sum(g[i] * xp[:, i:i + w] for i in range(len(g)))
+    return sum(g[i] * rows[i:i + h] for i in range(len(g)))
+
+
+def _cells(x: np.ndarray, ch: int, cw: int | None = None) -> np.ndarray:
+    """Mean over non-overlapping ch x cw windows of a plane (H, W) -> (H/ch, W/cw)."""
+    cw = ch if cw is None else cw
+    h, w = x.shape
+    return x.reshape(h // ch, ch, w // cw, cw).mean(axis=(1, 3))
+
+
+def neighbour_products(m: np.ndarray) -> list[np.ndarray]:
+    """m times its right, lower, lower-right and lower-left neighbour (zero beyond the border)."""
+    z = np.pad(m, ((0, 1), (1, 1)))
+    return [m * z[:-1, 2:], m * z[1:, 1:-1], m * z[1:, 2:], m * z[1:, :-2]]
+
+
+def mscn_statistics(y: np.ndarray, cell: int, nss: NSSConstants) -> list[np.ndarray]:
+    """kernels.model.mscn_statistics on one luma plane (H, W) -> 13 maps (gh, gw)."""
+    y64 = y.astype(np.float64)  # var = E[y^2] - mu^2 cancels badly in float32 on flat areas
+    mu = local_mean(y64, nss.window)
+    var64 = np.maximum(local_mean(y64 * y64, nss.window) - mu * mu, 0.0)
+    m = ((y64 - mu) / (np.sqrt(var64) + np.float64(nss.c))).astype(np.float32)
+    var = var64.astype(np.float32)
+    sigma = np.sqrt(var)
+    out = [_cells(m * m, cell), _cells(np.abs(m), cell)]
+    for p in neighbour_products(m):
+        out += [_cells(p, cell), _cells(np.abs(p), cell)]
+    out += [c[0] for c in cell_mean_std(sigma[None], cell)]
+    out.append(_cells(nss.flat ** 2 / (var + nss.flat ** 2), cell))
+    return out
+
+
+def block_contrast(col_means: np.ndarray, cell: int, nss: NSSConstants) -> np.ndarray:
+    """(gh, W) column means of |differences| over each cell's rows -> (gh, gw): how far the strongest
+    of the block's column phases stands above their mean (JPEG block edges, wherever the grid starts)."""
+    gh = col_means.shape[0]
+    phases = col_means.reshape(gh, -1, cell // nss.block, nss.block).mean(axis=2)
+    mean = phases.mean(axis=-1)
+    return (phases.max(axis=-1) - mean) / (mean + nss.c)
+
+
+def scene_statistics(pixels: np.ndarray, luma: np.ndarray, cell: int, nss: NSSConstants) -> np.ndarray:
+    """kernels.model.scene_statistics: pixels (3, H, W) and luma (H, W) in [0, 1] -> (33, gh, gw)."""
+    h, w = luma.shape
+    half = luma.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    feats = mscn_statistics(luma, cell, nss) + mscn_statistics(half, cell // 2, nss)
+    r, _, b = pixels
+    for chroma in (np.float32(0.564) * (b - luma), np.float32(0.713) * (r - luma)):
+        detail = chroma - local_mean(chroma, nss.window)
+        feats.append(np.sqrt(_cells(detail * detail, cell) + np.float32(1e-6)))
+    dx = np.pad(luma[:, 1:] - luma[:, :-1], ((0, 0), (0, 1)))
+    dy = np.pad(luma[1:] - luma[:-1], ((0, 1), (0, 0)))
+    feats.append(block_contrast(_cells(np.abs(dx), cell, 1), cell, nss))
+    feats.append(block_contrast(_cells(np.abs(dy), 1, cell).T, cell, nss).T)
+    still = nss.still ** 2
+    feats.append(_cells(still / (dx * dx + still) * still / (dy * dy + still), cell))
+    jxx, jyy, jxy = (_cells(v, cell) for v in (dx * dx, dy * dy, dx * dy))
+    energy = jxx + jyy
+    feats.append(np.sqrt(energy + np.float32(1e-8)))
+    feats.append(np.sqrt((jxx - jyy) ** 2 + 4 * jxy * jxy + np.float32(1e-12)) / (energy + np.float32(1e-6)))
+    return np.stack(feats).astype(np.float32)
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:

@@ -11,12 +11,13 @@ from ..model_store import ModelFiles
 
 
 class NumpyEncoder:
-    """MobileNetV2 trunk -> cell pooling -> MLP, as in kernels.model.encoder_forward."""
+    """MobileNetV2 trunk -> cell pooling and scene statistics -> MLP, as in kernels.model.encoder_forward."""
 
     def __init__(self, cfg: dict, w: Mapping[str, np.ndarray]) -> None:
         self.blocks = [tuple(b) for b in cfg["encoder_blocks"]]
         self.taps = dict(zip(cfg["tap_blocks"], cfg["tap_cells"]))
         self.pixel_cell, self.clip, self.luma = cfg["pixel_cell"], cfg["clip"], cfg["luma"]
+        self.nss = ops.NSSConstants.from_config(cfg["nss"])
         self.w = w
 
     def __call__(self, view: np.ndarray) -> np.ndarray:
@@ -37,7 +38,8 @@ class NumpyEncoder:
         pooled += ops.cell_mean_std(pixels, self.pixel_cell)
         luma = np.tensordot(np.asarray(self.luma, np.float32), pixels, axes=1)[None]
         pooled += [ops.cell_mean((luma >= self.clip[0]).astype(np.float32), self.pixel_cell),
-                   ops.cell_mean((luma <= self.clip[1]).astype(np.float32), self.pixel_cell)]
+                   ops.cell_mean((luma <= self.clip[1]).astype(np.float32), self.pixel_cell),
+                   ops.scene_statistics(pixels, luma[0], self.pixel_cell, self.nss)]
         f = np.concatenate(pooled, axis=0)  # (feat_dim, gh, gw)
         f = f.reshape(f.shape[0], -1).T  # (cells, feat_dim), cells row-major
         h = ops.silu(f @ w["proj.w1"].T + w["proj.b1"])

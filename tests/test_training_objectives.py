@@ -1,0 +1,83 @@
+"""The training objectives: per-cell labels, Thurstone fidelity, and the GRPO stage's rewards and rollouts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from export import oracle  # noqa: E402
+from export.rl import finding_reward, rank_reward, sample_rollouts  # noqa: E402
+from export.train import RANK_GAP, thurstone_fidelity  # noqa: E402
+from qds_lite import protocol as P  # noqa: E402
+
+NOISE, BLUR, DEFOCUS = (P.FINDING_TYPES.index(t) for t in ("noise", "blur", "defocus"))
+CLEAN = len(P.FINDING_TYPES)
+
+
+def test_cell_types_take_the_most_severe_visible_degradation():
+    degs = [("noise", 0.6, (0, 0, 2, 2)), ("blur", 0.3, None), ("defocus", 0.05, (3, 3, 4, 4))]
+    cells = oracle.cell_types(degs, min_severity=0.1).reshape(P.GRID, P.GRID)
+    assert (cells[:2, :2] == NOISE).all()
+    assert cells[3, 3] == BLUR  # the defocus is below the visibility threshold; the global blur shows
+    assert (cells[2:, :2] == BLUR).all()
+    assert (oracle.cell_types([("blur", 0.05, None)], 0.1) == CLEAN).all()
+
+
+def test_thurstone_fidelity_rewards_the_right_order_only():
+    sharp_good, sharp_bad = [0, 0, 0, 0.1, 0.9], [0.9, 0.1, 0, 0, 0]
+    quality = torch.tensor([5.0, 1.0])
+    right = thurstone_fidelity(torch.tensor([sharp_good, sharp_bad]), quality)
+    wrong = thurstone_fidelity(torch.tensor([sharp_bad, sharp_good]), quality)
+    assert right < 0.01 < 0.9 < wrong
+    tie = thurstone_fidelity(torch.tensor([sharp_good, sharp_bad]), torch.tensor([3.0, 3.0 + RANK_GAP / 2]))
+    assert tie == 0  # no pair differs clearly: nothing to rank
+
+
+def test_finding_reward_is_graded_early_and_sharp_late():
+    expected = ("blur", (0.0, 0.0, 0.5, 0.5))
+    near = [P.Finding(DEFOCUS, 3, 0, 5)]  # same family, the right box
+    exact = [P.Finding(BLUR, 3, 0, 5)]
+    assert finding_reward(exact, expected, 0.0) == pytest.approx(1.0)
+    assert finding_reward(exact, expected, 1.0) == pytest.approx(1.0)
+    assert finding_reward(near, expected, 0.0) == pytest.approx(0.75)  # half credit for the type family
+    assert finding_reward(near, expected, 1.0) == pytest.approx(0.5)  # the box only
+    assert finding_reward([], expected, 0.5) == 0.0
+    assert finding_reward([], None, 1.0) == 1.0 and finding_reward(exact, None, 1.0) == 0.0
+
+
+def test_rank_reward_prefers_verdicts_in_the_known_order():
+    quality = np.array([5.0, 5.0, 1.0, 1.0])
+    group = np.array([0, 0, 1, 1])
+    var = np.full(4, 0.2)
+    right = rank_reward(np.array([4.5, 4.5, 1.5, 1.5]), var, quality, group)
+    wrong = rank_reward(np.array([1.5, 1.5, 4.5, 4.5]), var, quality, group)
+    assert (right > 0.95).all() and (wrong < 0.05).all()
+
+
+def test_rollouts_follow_the_grammar_and_zoom_only_on_cached_cells():
+    from export.build import critic_config
+    from kernels.model import init_head
+
+    cfg = critic_config()
+    head = init_head(cfg, 0)
+    feat = cfg.feat_dim
+    params = {k: torch.from_numpy(v) for k, v in head.items()} | {
+        "feat_mu": torch.zeros(feat), "feat_sigma": torch.ones(feat)}
+    rng = np.random.default_rng(0)
+    n = 6
+    data = {"glance": rng.standard_normal((n, P.GLANCE_TOKENS, feat)).astype(np.float16),
+            "zooms": rng.standard_normal((n, 6, P.ZOOM_TOKENS, feat)).astype(np.float16),
+            "zoom_cells": np.array([rng.choice(P.N_CELLS, 6, replace=False) for _ in range(n)], np.int8)}
+    rolls = sample_rollouts(params, cfg, data, np.arange(n), rng, temperature=1.0)
+    for r in rolls:
+        cells = [t - P.CELL0 for t in r.tok if P.CELL0 <= t < P.CELL0 + P.N_CELLS]
+        zoomed = cells[:len(cells) - 2 * len(r.findings)]  # finding boxes come after the zooms
+        assert set(zoomed) <= set(int(c) for c in data["zoom_cells"][r.row])
+        assert r.tok[r.stop_pos] == P.STOP and r.tok[-1] == P.EOS
+        g = P.Grammar(P.DEFAULT_ZOOMS)
+        g.begin()
+        for t in (t for t, s in zip(r.tok[1:], r.slot[1:]) if s < 0):
+            g.advance(t)  # raises if the sampled sequence breaks the grammar
+        assert g.done
