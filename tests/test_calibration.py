@@ -24,10 +24,9 @@ MIN_DROP = 5.0  # score points between severity 0 and 1
 IMAGES = ("coffee_clean.jpg", "rocket_clean.jpg")
 # Families the current critic does not yet rank monotonically on these images (measured; see the
 # README's known limitations). strict: the test fails once one of them starts passing, so the list
-# cannot go stale. All three fail on the dusk photo only, which the critic wrongly finds underexposed
-# (56): brightening it (overexposure) and a warm or cool cast raise its score, and mild oversharpening
-# scores above the original (rocket_clean: 56.0 -> 73.9 / 66.9 / 61.6); every family passes on coffee.
-NOT_YET_MONOTONE = {"overexposure", "color_cast", "oversharpen"}
+# cannot go stale. Both fail on the dusk photo only, which the critic wrongly finds underexposed:
+# brightening it (overexposure) and a warm or cool cast raise its score; every family passes on coffee.
+NOT_YET_MONOTONE = {"overexposure", "color_cast"}
 
 
 @pytest.fixture(scope="module")
