@@ -24,17 +24,18 @@ ablation); ``python -m export.build --rl-epochs N`` runs it.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import ndtr
 from scipy.stats import spearmanr
 
+from benchmarks.accuracy import box_iou  # the reward scores boxes as the benchmark does
 from export import oracle
-from export.train import LEVEL_WEIGHT, RANK_GAP, build_sequences, evaluate, forward
+from export.train import LEVEL_WEIGHT, RANK_GAP, build_sequences, evaluate, forward, level_moments, level_probs
 from kernels.model import CriticConfig
 from qds_lite import protocol as P
 
@@ -48,7 +49,6 @@ FAMILY = {"blur": "blur", "motion_blur": "blur", "defocus": "blur", "noise": "no
           "banding": "coding", "overexposure": "exposure", "underexposure": "exposure", "low_contrast": "contrast",
           "haze": "contrast", "color_cast": "colour", "oversharpen": "sharpening", "upscale_artifacts": "coding",
           "generative_artifacts": "generative"}
-LEVELS = torch.arange(1, len(P.LEVELS) + 1, dtype=torch.float32)
 
 
 @dataclass
@@ -141,11 +141,6 @@ def sample_rollouts(params, cfg: CriticConfig, data, rows: np.ndarray, rng: np.r
     return rolls
 
 
-def verdict(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Level distributions read at the given positions (one per row)."""
-    return logits[torch.arange(len(positions)), positions][:, list(P.LEVEL_IDS)].softmax(-1)
-
-
 def truth(data, row: int) -> tuple[str, tuple[float, float, float, float]] | None:
     """The finding a perfect critic reports first (type, box), or None when nothing is visible."""
     degs = [d for d in oracle.degradations(data, row) if d[1] >= VISIBLE]
@@ -154,14 +149,6 @@ def truth(data, row: int) -> tuple[str, tuple[float, float, float, float]] | Non
     kind, _, region = degs[0]
     tl, br = oracle.region_cells(region)
     return kind, P.span_box(tl, br)
-
-
-def box_iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def top_finding(found: list[P.Finding]) -> P.Finding:
@@ -198,7 +185,7 @@ def rank_reward(mu: np.ndarray, var: np.ndarray, quality: np.ndarray, group: np.
             out[k] = 0.5
             continue
         z = (mu[k] - g_mu[pairs]) / np.sqrt(var[k] + g_var[pairs] + 1e-4)
-        p = 0.5 * (1.0 + np.vectorize(math.erf)(z / math.sqrt(2.0)))
+        p = ndtr(z)  # standard normal CDF
         t = (gap[pairs] > 0).astype(np.float64)
         out[k] = float(np.mean(np.sqrt(p * t) + np.sqrt((1.0 - p) * (1.0 - t))))
     return out
@@ -212,8 +199,8 @@ def glance_verdicts(params, cfg, data, rows: np.ndarray) -> np.ndarray:
     seq = as_sequences(rolls)
     with torch.no_grad():
         logits, _ = forward(params, cfg, data, seq, np.arange(len(rolls)), rows=rows)
-        probs = verdict(logits, torch.full((len(rolls),), len(rolls[0].tok) - 1))
-    return (probs @ LEVELS).numpy()
+        probs = level_probs(logits, torch.full((len(rolls),), len(rolls[0].tok) - 1))
+    return level_moments(probs)[0].numpy()
 
 
 def rl_step(params, ref_params, cfg, data, rows: np.ndarray, rng, sharpness: float, quality: np.ndarray,
@@ -225,9 +212,8 @@ def rl_step(params, ref_params, cfg, data, rows: np.ndarray, rng, sharpness: flo
     logits, _ = forward(params, cfg, data, seq, idx, rows=group_rows)
     with torch.no_grad():
         ref_logits, _ = forward(ref_params, cfg, data, seq, idx, rows=group_rows)
-    probs = verdict(logits, torch.tensor([r.stop_pos for r in rolls]))
-    mu = (probs.detach() @ LEVELS).numpy()
-    var = (probs.detach() @ LEVELS ** 2).numpy() - mu ** 2
+    probs = level_probs(logits, torch.tensor([r.stop_pos for r in rolls]))
+    mu, var = (m.detach().numpy() for m in level_moments(probs))
     q = quality[group_rows]
     r_rank = rank_reward(mu, var, q, group_rows)
     r_find = np.array([finding_reward(r.findings, truth(data, r.row), sharpness) for r in rolls])
@@ -255,6 +241,11 @@ def rl_step(params, ref_params, cfg, data, rows: np.ndarray, rng, sharpness: flo
                   "evidence": float(evidence.mean()), "kl": kl.item() / max(n_tok, 1)}
 
 
+def oracle_quality(data) -> np.ndarray:
+    """The oracle's quality (1..5) of every sample."""
+    return np.array([oracle.quality(oracle.degradations(data, i)) for i in range(len(data["kinds"]))], np.float32)
+
+
 def free_running(params, cfg, data) -> dict[str, float]:
     """Greedy decoding on held-out samples, as the runtime decodes: level SRCC and top-finding accuracy."""
     rows = np.arange(len(data["kinds"]))
@@ -262,8 +253,8 @@ def free_running(params, cfg, data) -> dict[str, float]:
     seq = as_sequences(rolls)
     with torch.no_grad():
         logits, _ = forward(params, cfg, data, seq, rows, rows=rows)
-        mu = (verdict(logits, torch.tensor([r.stop_pos for r in rolls])) @ LEVELS).numpy()
-    q = np.array([oracle.quality(oracle.degradations(data, i)) for i in rows])
+        mu = level_moments(level_probs(logits, torch.tensor([r.stop_pos for r in rolls])))[0].numpy()
+    q = oracle_quality(data)
     exp = [truth(data, int(i)) for i in rows]
     sharp = [finding_reward(r.findings, e, 1.0) for r, e in zip(rolls, exp)]
     type_hit = [bool(r.findings) and P.FINDING_TYPES[top_finding(r.findings).type_index] == e[0]
@@ -286,7 +277,8 @@ def reinforce(head: dict[str, np.ndarray], cfg: CriticConfig, data, dev, *, epoc
     params = trainable | unit
     ref_params = {k: torch.from_numpy(v.copy()) for k, v in head.items()} | unit
     opt = torch.optim.AdamW(trainable.values(), lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
-    seq = build_sequences(data, rng, augment=False)  # oracle qualities and level targets
+    quality = oracle_quality(data)
+    level_target = np.stack([oracle.level_distribution(q) for q in quality])
     dev_seq = build_sequences(dev, np.random.default_rng(seed), augment=False)
     n = len(data["kinds"])
     history = []
@@ -305,7 +297,7 @@ def reinforce(head: dict[str, np.ndarray], cfg: CriticConfig, data, dev, *, epoc
         stats: dict[str, float] = {}
         for s in range(0, len(order), batch):
             rows = order[s:s + batch]
-            loss, st = rl_step(params, ref_params, cfg, data, rows, rng, sharpness, seq["quality"], seq["level_target"])
+            loss, st = rl_step(params, ref_params, cfg, data, rows, rng, sharpness, quality, level_target)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable.values(), 1.0)

@@ -170,17 +170,22 @@ def forward(params: dict[str, torch.Tensor], cfg: CriticConfig, data, seq, idx,
     return h @ params["dec.output"].T, h
 
 
-def level_probs(logits: torch.Tensor, seq, idx) -> torch.Tensor:
-    lp = logits[torch.arange(len(idx)), torch.from_numpy(seq["level_pos"][idx])][:, list(P.LEVEL_IDS)]
-    return lp.softmax(-1)
+def level_probs(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Level distributions read at one position of each sequence (its <stop>)."""
+    return logits[torch.arange(len(positions)), positions][:, list(P.LEVEL_IDS)].softmax(-1)
+
+
+def level_moments(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of level distributions, levels numbered 1..5."""
+    levels = torch.arange(1, len(P.LEVELS) + 1, dtype=probs.dtype)
+    mu = probs @ levels
+    return mu, probs @ levels ** 2 - mu ** 2
 
 
 def thurstone_fidelity(probs: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     """Mean fidelity loss over the batch's clearly ordered pairs (VisualQuality-R1): P(i better than j)
     = Phi((mu_i - mu_j) / sqrt(var_i + var_j)) from each level distribution's mean and variance."""
-    levels = torch.arange(1, len(P.LEVELS) + 1, dtype=probs.dtype)
-    mu = probs @ levels
-    var = probs @ levels ** 2 - mu ** 2
+    mu, var = level_moments(probs)
     better = (quality[:, None] - quality[None, :]) >= RANK_GAP  # i clearly better than j
     if not bool(better.any()):
         return probs.new_zeros(())
@@ -194,7 +199,7 @@ def losses(params, logits: torch.Tensor, hidden: torch.Tensor, seq, idx) -> dict
     target = torch.from_numpy(seq["target"][idx])
     masked = logits.masked_fill(~allowed, -1e9)
     ce = F.cross_entropy(masked.reshape(-1, P.VOCAB_SIZE), target.reshape(-1), ignore_index=-100)
-    probs = level_probs(logits, seq, idx)
+    probs = level_probs(logits, torch.from_numpy(seq["level_pos"][idx]))
     kl = F.kl_div(torch.log(probs + 1e-9), torch.from_numpy(seq["level_target"][idx]), reduction="batchmean")
     cells = logits.new_zeros(())  # the diagnosis head exists only while the supervised stage trains
     if "aux.w" in params:
@@ -215,7 +220,7 @@ def evaluate(params, cfg, data, seq) -> dict[str, float]:
     with torch.no_grad():
         logits, hidden = forward(params, cfg, data, seq, idx)
         parts = losses(params, logits, hidden, seq, idx)
-        pred = (level_probs(logits, seq, idx) * torch.arange(1, 6)).sum(-1).numpy()
+        pred = level_moments(level_probs(logits, torch.from_numpy(seq["level_pos"])))[0].numpy()
         target = seq["target"]
         is_type = np.isin(target, P.TYPE_IDS)
         allowed = torch.from_numpy(seq["allowed"])

@@ -72,14 +72,16 @@ def depthwise3x3(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int) -> np
     return out
 
 
-def cell_mean(x: np.ndarray, cell: int) -> np.ndarray:
-    """Mean over non-overlapping cell x cell windows: (C, H, W) -> (C, H/cell, W/cell)."""
-    c, h, w = x.shape
-    return x.reshape(c, h // cell, cell, w // cell, cell).mean(axis=(2, 4))
+def cell_mean(x: np.ndarray, ch: int, cw: int | None = None) -> np.ndarray:
+    """Mean over non-overlapping ch x cw (default ch x ch) windows of the last two axes:
+    (..., H, W) -> (..., H/ch, W/cw)."""
+    cw = ch if cw is None else cw
+    h, w = x.shape[-2:]
+    return x.reshape(*x.shape[:-2], h // ch, ch, w // cw, cw).mean(axis=(-3, -1))
 
 
 def cell_mean_std(x: np.ndarray, cell: int) -> list[np.ndarray]:
-    """Mean and std over non-overlapping cell x cell windows: (C, H, W) -> 2 x (C, H/cell, W/cell)."""
+    """Mean and std over non-overlapping cell x cell windows: (..., H, W) -> 2 x (..., H/cell, W/cell)."""
     m = cell_mean(x, cell)
     v = np.maximum(cell_mean(x * x, cell) - m * m, 0.0)
     return [m, np.sqrt(v + 1e-6)]
@@ -102,13 +104,6 @@ def local_mean(x: np.ndarray, g: np.ndarray) -> np.ndarray:
     return sum(g[i] * rows[i:i + h] for i in range(len(g)))
 
 
-def _cells(x: np.ndarray, ch: int, cw: int | None = None) -> np.ndarray:
-    """Mean over non-overlapping ch x cw windows of a plane (H, W) -> (H/ch, W/cw)."""
-    cw = ch if cw is None else cw
-    h, w = x.shape
-    return x.reshape(h // ch, ch, w // cw, cw).mean(axis=(1, 3))
-
-
 def neighbour_products(m: np.ndarray) -> list[np.ndarray]:
     """m times its right, lower, lower-right and lower-left neighbour (zero beyond the border)."""
     z = np.pad(m, ((0, 1), (1, 1)))
@@ -123,11 +118,11 @@ def mscn_statistics(y: np.ndarray, cell: int, nss: NSSConstants) -> list[np.ndar
     m = ((y64 - mu) / (np.sqrt(var64) + np.float64(nss.c))).astype(np.float32)
     var = var64.astype(np.float32)
     sigma = np.sqrt(var)
-    out = [_cells(m * m, cell), _cells(np.abs(m), cell)]
+    out = [cell_mean(m * m, cell), cell_mean(np.abs(m), cell)]
     for p in neighbour_products(m):
-        out += [_cells(p, cell), _cells(np.abs(p), cell)]
-    out += [c[0] for c in cell_mean_std(sigma[None], cell)]
-    out.append(_cells(nss.flat ** 2 / (var + nss.flat ** 2), cell))
+        out += [cell_mean(p, cell), cell_mean(np.abs(p), cell)]
+    out += cell_mean_std(sigma, cell)
+    out.append(cell_mean(nss.flat ** 2 / (var + nss.flat ** 2), cell))
     return out
 
 
@@ -148,14 +143,14 @@ def scene_statistics(pixels: np.ndarray, luma: np.ndarray, cell: int, nss: NSSCo
     r, _, b = pixels
     for chroma in (np.float32(0.564) * (b - luma), np.float32(0.713) * (r - luma)):
         detail = chroma - local_mean(chroma, nss.window)
-        feats.append(np.sqrt(_cells(detail * detail, cell) + np.float32(1e-6)))
+        feats.append(np.sqrt(cell_mean(detail * detail, cell) + np.float32(1e-6)))
     dx = np.pad(luma[:, 1:] - luma[:, :-1], ((0, 0), (0, 1)))
     dy = np.pad(luma[1:] - luma[:-1], ((0, 1), (0, 0)))
-    feats.append(block_contrast(_cells(np.abs(dx), cell, 1), cell, nss))
-    feats.append(block_contrast(_cells(np.abs(dy), 1, cell).T, cell, nss).T)
+    feats.append(block_contrast(cell_mean(np.abs(dx), cell, 1), cell, nss))
+    feats.append(block_contrast(cell_mean(np.abs(dy), 1, cell).T, cell, nss).T)
     still = nss.still ** 2
-    feats.append(_cells(still / (dx * dx + still) * still / (dy * dy + still), cell))
-    jxx, jyy, jxy = (_cells(v, cell) for v in (dx * dx, dy * dy, dx * dy))
+    feats.append(cell_mean(still / (dx * dx + still) * still / (dy * dy + still), cell))
+    jxx, jyy, jxy = (cell_mean(v, cell) for v in (dx * dx, dy * dy, dx * dy))
     energy = jxx + jyy
     feats.append(np.sqrt(energy + np.float32(1e-8)))
     feats.append(np.sqrt((jxx - jyy) ** 2 + 4 * jxy * jxy + np.float32(1e-12)) / (energy + np.float32(1e-6)))
