@@ -302,14 +302,14 @@ class VLMCritic:
         else:
             ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
         pieces: list[bytes] = []
+        tail = b""  # the last decoded bytes: enough to see the text end in </zoom>, </answer> or <answer>
         digit_logits, at_answer = None, None
         buf = ctypes.create_string_buffer(256)
         try:
             for _ in range(self.think_chars + 400):  # the grammar bounds a turn far below this
-                text = b"".join(pieces)
-                if text.endswith((b"</zoom>", b"</answer>")):
+                if tail.endswith((b"</zoom>", b"</answer>")):
                     break
-                if text.endswith(b"<answer>") and None not in self._digits:
+                if tail.endswith(b"<answer>") and None not in self._digits:
                     row = np.ctypeslib.as_array(ll.llama_get_logits_ith(self._ctx, -1), shape=(self.n_vocab,))
                     at_answer, digit_logits = len(pieces), [float(row[t]) for t in self._digits]
                 tok = ll.llama_sampler_sample(chain, self._ctx, -1)
@@ -317,6 +317,7 @@ class VLMCritic:
                     raise RuntimeError("the model ended its turn before the grammar was complete")
                 n = ll.llama_token_to_piece(self._vocab, tok, buf, len(buf), 0, False)
                 pieces.append(buf.raw[:n])
+                tail = (tail + pieces[-1])[-16:]
                 b.token[0], b.pos[0], b.n_seq_id[0], b.seq_id[0][0], b.logits[0] = tok, self._n_past, 1, 0, 1
                 b.n_tokens = 1
                 if self._n_past + 1 >= self.n_ctx:

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -44,9 +42,7 @@ def tiny_vlm(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("vlm")
     vlm_tiny.build(tmp / "hf")
     out = tmp / "critic"
-    done = subprocess.run([sys.executable, "-m", "export.vlm_convert", str(tmp / "hf"), "--out", str(out),
-                           "--name", "qds-tiny-vlm", "--quant", *vlm_tiny.QUANTS], cwd=ROOT, capture_output=True,
-                          text=True)
+    done = vlm_tiny.convert(tmp / "hf", out)
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     assert "[1/6] language model (Qwen2_5_VLForConditionalGeneration)" in done.stdout
     assert done.stdout.count("wrote ") == len(vlm_tiny.QUANTS) + 2  # the GGUFs, the mmproj, manifest.json

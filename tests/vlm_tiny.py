@@ -10,15 +10,21 @@ and the Qwen control tokens as user-defined symbols. llama.cpp's converter takes
 route for it (``tokenizer.model``); real Qwen checkpoints take its BPE route, whose pre-tokenizer is
 recognised by hash, which a home-made BPE vocabulary can never match.
 
-Run ``python -m tests.vlm_tiny OUT_DIR`` to write one by hand.
+Run ``python -m tests.vlm_tiny OUT_DIR`` to write one by hand. :func:`convert` turns it into a qds VLM critic
+folder the way a user does (``export.vlm_convert``); the ``tiny_vlm`` test fixture and
+``benchmarks/vlm_overhead.py`` both use it.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import subprocess
 import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository root (export.vlm_convert runs from there)
+NAME = "qds-tiny-vlm"
 
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
             "<|image_pad|>", "<|video_pad|>")
@@ -96,6 +102,14 @@ def build(out: str | Path, seed: int = 0) -> Path:
         "temporal_patch_size": 2, "min_pixels": 56 * 56, "max_pixels": 448 * 448,
         "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}))
     return out
+
+
+def convert(hf_dir: str | Path, out: str | Path, quants: tuple[str, ...] = QUANTS) -> subprocess.CompletedProcess:
+    """Convert a checkpoint written by :func:`build` with ``python -m export.vlm_convert`` (a subprocess from
+    the repository root, as a user runs it) into the qds VLM critic folder ``out``; returns the finished
+    process (its return code and captured output are the caller's to check)."""
+    return subprocess.run([sys.executable, "-m", "export.vlm_convert", str(hf_dir), "--out", str(out),
+                           "--name", NAME, "--quant", *quants], cwd=ROOT, capture_output=True, text=True)
 
 
 if __name__ == "__main__":
