@@ -1,7 +1,7 @@
-"""Classical no-reference image-quality baselines: BRISQUE, NIQE and PIQE.
+"""No-reference image-quality baselines: the classical BRISQUE, NIQE and PIQE, and MobileNetV2+ridge.
 
-The accuracy benchmarks (DESIGN.md section 9) always report these three side by side with our critic,
-in the same run. Each baseline is a :class:`Baseline`: a name, the direction of its raw score, and a
+The accuracy benchmarks (DESIGN.md section 9) always report these side by side with our critic, in the
+same run. Each baseline is a :class:`Baseline`: a name, the direction of its raw score, and a
 function from an ``HxWx3`` ``uint8`` RGB array to that raw score. :func:`quality` flips the sign where
 needed so that for every baseline *higher means better*, as for our critic.
 
@@ -20,9 +20,16 @@ PIQE
     N. Venkatanath, D. Praneeth, M. C. Bh, S. S. Channappayya and S. S. Medasani, "Blind Image Quality
     Evaluation Using Perception Based Features", Proc. NCC 2015. Computed by ``pypiqe`` (MIT), a port
     of MATLAB's ``piqe``; it needs OpenCV (``opencv-python-headless``).
+MobileNetV2+ridge
+    Frozen ImageNet MobileNetV2 features of the critic's own trunk + a ridge regression fitted on
+    synthetic degradations of the train split (DESIGN.md section 5: the frozen-feature baseline every
+    shipped critic must clearly beat); see :mod:`benchmarks.frozen_baseline`. Needs torch and the
+    MobileNetV2 weights; fitted once (a few minutes, before the timed scoring) and cached in
+    ``build/frozen_baseline/``.
 
-All three raw scores are "lower is better". The dependencies are benchmark-only: a missing one
-removes that baseline from :func:`available_baselines` instead of failing.
+The three classical raw scores are "lower is better"; MobileNetV2+ridge predicts a quality (higher is
+better). The dependencies are benchmark-only: a missing one removes that baseline from
+:func:`available_baselines` instead of failing.
 
 Validation against published reference values
 ----------------------------------------------
@@ -50,6 +57,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import frozen_baseline
+
 __all__ = [
     "Baseline",
     "available_baselines",
@@ -70,11 +79,12 @@ MATLAB_GRAY_WEIGHTS = np.array([0.298936021293775, 0.587043074451121, 0.11402090
 
 @dataclass(frozen=True)
 class Baseline:
-    """One classical no-reference IQA metric."""
+    """One no-reference IQA baseline."""
 
-    name: str  # "BRISQUE", "NIQE", "PIQE"
+    name: str  # "BRISQUE", "NIQE", "PIQE", "MobileNetV2+ridge"
     lower_better: bool  # direction of the raw score
     score: Callable[[np.ndarray], float]  # HxWx3 uint8 RGB -> raw score
+    prepare: Callable[[], object] | None = None  # one-time setup (a fit), run before ``score`` is timed
 
 
 def quality(baseline: Baseline, rgb: np.ndarray) -> float:
@@ -386,11 +396,15 @@ _CANDIDATES: tuple[tuple[Callable[[], bool], Baseline], ...] = (
     (_brisque_available, Baseline("BRISQUE", True, brisque_score)),
     (_niqe_available, Baseline("NIQE", True, niqe_score)),
     (_piqe_available, Baseline("PIQE", True, piqe_score)),
+    (frozen_baseline.available,
+     Baseline(frozen_baseline.NAME, False, frozen_baseline.score, frozen_baseline.default_model)),
 )
 
 
 def available_baselines() -> list[Baseline]:
-    """The baselines whose dependencies import here, in the order BRISQUE, NIQE, PIQE. Never raises."""
+    """The baselines whose dependencies import here, in the order BRISQUE, NIQE, PIQE, MobileNetV2+ridge.
+
+    Never raises, and fits nothing (MobileNetV2+ridge is fitted by its ``prepare`` or on its first score)."""
     out = []
     for check, baseline in _CANDIDATES:
         try:

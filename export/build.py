@@ -4,7 +4,8 @@
 
 1. fold + fp16-round the ImageNet MobileNetV2 trunk and export it to ONNX (for fast data caching);
 2. synthesize and cache the train and dev samples (export.samples; ~4.5 min per batch of variants);
-3. train the projection and reasoner on oracle trajectories (export.train), fixed seeds, then optionally
+3. train the projection and reasoner on oracle trajectories (export.train; --finetune also trains the
+   trunk's last block from cached inputs), fixed seeds, then optionally
    the GRPO stage (export.rl, --rl-epochs); each stage's head is cached in WORK/head*.npz;
 4. export: critic.npz (fp16 weights, all backends' shared tables, NumPy backend), encoder ONNX fp32 ->
    static int8, reasoner ONNX fp32, reasoner GGUF Q8_0, each checked against the PyTorch reference;
@@ -39,10 +40,11 @@ from export.onnx_export import (
 from export.rl import reinforce
 from export.samples import build as build_samples
 from export.samples import load_shards
-from export.train import LossWeights, train
+from export.train import FEATURE_DROPOUT, LossWeights, finetunable, train
 from kernels.model import (
     CLIP_HIGH,
     CLIP_LOW,
+    FINETUNE_FROM,
     LUMA,
     NSS_BLOCK,
     NSS_C,
@@ -160,6 +162,10 @@ def main() -> None:
                     help="weight of the per-cell diagnosis loss (0 turns it off; ablation)")
     ap.add_argument("--rank-weight", type=float, default=LossWeights.rank,
                     help="weight of the Thurstone ranking loss across images (0 turns it off; ablation)")
+    ap.add_argument("--feature-dropout", type=float, default=FEATURE_DROPOUT,
+                    help="dropout on the visual features while training (default: %(default)s)")
+    ap.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=False,
+                    help=f"also fine-tune the trunk from block {FINETUNE_FROM} on (ablation: no gain measured, README)")
     ap.add_argument("--rl-epochs", type=int, default=0, help="epochs of the GRPO stage after the supervised one "
                     "(export/rl.py; 0: none)")
     ap.add_argument("--rl-samples", type=int, default=2048, help="training samples per GRPO epoch")
@@ -184,10 +190,12 @@ def main() -> None:
     cfg = critic_config()
     weights = LossWeights(cells=a.cells_weight, rank=a.rank_weight)
     settings = {"seed": SEED, "epochs": a.epochs, "variants": a.variants, "batches": a.batches,
-                "loss_weights": asdict(weights), "config": cfg.to_dict()}
+                "loss_weights": asdict(weights), "config": cfg.to_dict(),
+                "finetune_from": FINETUNE_FROM if a.finetune else None, "feature_dropout": a.feature_dropout}
     head, history, minutes, reused = cached_stage(
         a.work / "head", settings, a.retrain,
-        lambda: train(init_head(cfg, SEED), cfg, data, dev, epochs=a.epochs, seed=SEED, weights=weights))
+        lambda: train(init_head(cfg, SEED), cfg, data, dev, epochs=a.epochs, seed=SEED, weights=weights,
+                      trunk=finetunable(trunk) if a.finetune else None, dropout=a.feature_dropout))
     if a.rl_epochs:
         settings = settings | {"rl_epochs": a.rl_epochs, "rl_samples": a.rl_samples}
         supervised = head

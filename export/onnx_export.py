@@ -10,7 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kernels.model import CriticConfig, encoder_forward, reasoner_forward, reasoner_step, to_torch, trunk_features
+from kernels.model import (
+    NSS_TAPS,
+    CriticConfig,
+    encoder_forward,
+    reasoner_forward,
+    reasoner_step,
+    to_torch,
+    trunk_features_and_map,
+)
 
 OPSET = 18
 
@@ -24,24 +32,25 @@ class _Fn(torch.nn.Module):
         return self.fn(x)
 
 
-def _export(fn, example: torch.Tensor, path: Path, in_name: str, out_name: str, dyn: dict) -> None:
+def _export(fn, example: torch.Tensor, path: Path, in_name: str, out_names: list[str], dyn: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        torch.onnx.export(_Fn(fn), (example,), str(path), input_names=[in_name], output_names=[out_name],
+        torch.onnx.export(_Fn(fn), (example,), str(path), input_names=[in_name], output_names=out_names,
                           dynamic_axes={in_name: dyn}, opset_version=OPSET, dynamo=False)
 
 
 def export_trunk(arrays: dict[str, np.ndarray], path: Path) -> None:
-    """pixels (N,3,H,W) in [0,1] -> pooled trunk features (N, cells, feat_dim); used to cache training data."""
+    """pixels (N,3,H,W) in [0,1] -> pooled trunk features (N, cells, feat_dim) and the activation entering
+    the first fine-tunable block (N, C, H/16, W/16); used to cache training data."""
     p = to_torch(arrays)
-    _export(lambda x: trunk_features(p, x), torch.rand(1, 3, 256, 256), path, "pixels", "features",
-            {0: "n", 2: "h", 3: "w"})
+    _export(lambda x: trunk_features_and_map(p, x), torch.rand(1, 3, 256, 256), path, "pixels",
+            ["features", "finetune_input"], {0: "n", 2: "h", 3: "w"})
 
 
 def export_encoder(arrays: dict[str, np.ndarray], path: Path) -> None:
     """pixels (1,3,H,W) in [0,1] -> visual tokens (1, cells, d_model)."""
     p = to_torch(arrays)
-    _export(lambda x: encoder_forward(p, x), torch.rand(1, 3, 256, 256), path, "pixels", "tokens",
+    _export(lambda x: encoder_forward(p, x), torch.rand(1, 3, 256, 256), path, "pixels", ["tokens"],
             {2: "h", 3: "w"})
 
 
@@ -81,6 +90,18 @@ class _Calibration:
         pass
 
 
+def window_convs(path: Path) -> list[str]:
+    """Names of the scene statistics' Gaussian-window convolutions (1 x NSS_TAPS and NSS_TAPS x 1 kernels):
+    they average a few grey levels over flat areas, which 8 bits cannot hold, and cost little in fp32."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    shapes = {t.name: tuple(t.dims) for t in graph.initializer}  # weights as initializers or Constant nodes
+    shapes |= {n.output[0]: tuple(n.attribute[0].t.dims) for n in graph.node if n.op_type == "Constant"}
+    return [n.name for n in graph.node if n.op_type == "Conv"
+            and NSS_TAPS in shapes.get(n.input[1], ())[-2:]]
+
+
 def quantize_encoder(fp32_path: Path, out_path: Path, calibration_views: list[np.ndarray]) -> None:
     """Static int8 QDQ of the convolutions (per-channel weights, reduce_range for accuracy on AVX2).
 
@@ -95,6 +116,7 @@ def quantize_encoder(fp32_path: Path, out_path: Path, calibration_views: list[np
         str(pre), str(out_path), _Calibration(calibration_views), quant_format=QuantFormat.QDQ,
         per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=["Conv"],
+        nodes_to_exclude=window_convs(pre),
     )
     pre.unlink()
 

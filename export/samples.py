@@ -3,6 +3,7 @@
 Building is the slow part of training, so its output is cached on disk as .npz shards (one per
 worker): the pooled trunk features of the glance and of zooms on ORACLE_CELLS + RANDOM_CELLS cells (the oracle's top
 cells by full-reference damage, then random others so the reasoner also learns from zooms that missed),
+the activation entering the fine-tunable trunk blocks for the same views (kernels.model.FINETUNE_FROM),
 the full-reference damage per cell, per-cell texture, and the degradations applied. Features come
 from the trunk's fp32 ONNX graph (same maths as kernels.model.trunk_features, checked to ~2e-6, and
 4x faster than torch here).
@@ -83,8 +84,10 @@ class TrunkRunner:
         so.intra_op_num_threads = 1
         self.session = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
 
-    def __call__(self, views: list[np.ndarray]) -> np.ndarray:
-        return self.session.run(None, {"pixels": to_nchw(views)})[0]
+    def __call__(self, views: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """-> pooled features (N, cells, F) and the fine-tunable blocks' input (N, C, h, w), both float16."""
+        features, finetune_input = self.session.run(None, {"pixels": to_nchw(views)})
+        return features.astype(np.float16), finetune_input.astype(np.float16)
 
 
 def make_sample(photo: np.ndarray, rng: np.random.Generator, trunk: TrunkRunner, p_clean: float) -> dict:
@@ -103,9 +106,10 @@ def make_sample(photo: np.ndarray, rng: np.random.Generator, trunk: TrunkRunner,
         kinds[i], sev[i] = KIND_NAMES.index(d.kind), d.severity
         if d.region is not None:
             region[i] = d.region
+    glance, glance_map = trunk([glance_view(degraded)])
+    zoom_feats, zoom_maps = trunk(zooms)
     return {
-        "glance": trunk([glance_view(degraded)])[0].astype(np.float16),
-        "zooms": trunk(zooms).astype(np.float16),
+        "glance": glance[0], "zooms": zoom_feats, "glance_map": glance_map[0], "zoom_maps": zoom_maps,
         "zoom_cells": np.array(cells, np.int8),
         "damage": damage, "texture": texture,
         "kinds": kinds, "severity": sev, "region": region,
@@ -113,7 +117,8 @@ def make_sample(photo: np.ndarray, rng: np.random.Generator, trunk: TrunkRunner,
     }
 
 
-def _seed(*parts: object) -> int:
+def stable_seed(*parts: object) -> int:
+    """A 64-bit seed from any values, the same in every process and run (``hash()`` is salted)."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big")
 
 
@@ -124,9 +129,9 @@ def build_shard(args: tuple[list[str], int, int, str, str, float]) -> str:
     for path in photos:
         photo = np.asarray(Image.open(path).convert("RGB"))
         for v in range(variants):
-            rng = np.random.default_rng(_seed(seed, Path(path).name, v))
+            rng = np.random.default_rng(stable_seed(seed, Path(path).name, v))
             s = make_sample(photo, rng, trunk, p_clean)
-            s["photo"] = np.int32(_seed(path) % 2**31)
+            s["photo"] = np.int32(stable_seed(path) % 2**31)
             for k, val in s.items():
                 rows.setdefault(k, []).append(val)
     np.savez(out, **{k: np.stack(v) for k, v in rows.items()})

@@ -1,7 +1,9 @@
 """Supervised training of the critic's projection and reasoner on oracle trajectories.
 
-The encoder trunk is the frozen ImageNet MobileNetV2 (its pooled features are cached by
-export.samples), so a step only runs the projection MLP and the small decoder: minutes on 2 cores.
+The encoder trunk is the ImageNet MobileNetV2. Its pooled features are cached by export.samples, so a
+step runs only the projection MLP and the small decoder: minutes on 2 cores. With ``trunk`` (build's
+--finetune) its last block(s) train too, from their cached inputs (kernels.model.FINETUNE_FROM), slower
+than the head (TRUNK_LR_SCALE).
 
 Loss per trajectory: cross-entropy on every token the reasoner chooses (zoom or stop, which cell,
 finding type / severity / box, when to answer), each over the tokens the grammar allows there, plus
@@ -36,7 +38,16 @@ from scipy.stats import spearmanr
 
 from export import oracle
 from export.samples import ORACLE_CELLS
-from kernels.model import CriticConfig, embed_sequence, project_features, reasoner_hidden
+from kernels.model import (
+    FINETUNE_FROM,
+    LAST_TAP_FEATURES,
+    CriticConfig,
+    embed_sequence,
+    finetuned_tap_features,
+    mobilenet_blocks,
+    project_features,
+    reasoner_hidden,
+)
 from qds_lite import protocol as P
 
 SEQ_LEN = 1 + P.GLANCE_TOKENS + P.DEFAULT_ZOOMS * (2 + P.ZOOM_TOKENS) + 2 + 5 * P.MAX_FINDINGS + 1
@@ -45,6 +56,14 @@ AUX_CLASSES = len(P.FINDING_TYPES) + 1  # finding types, then "clean"
 AUX_MIN_SEVERITY = 0.1  # below this a degradation is invisible: the cell is labelled clean
 RANK_GAP = 0.25  # pairs whose oracle qualities differ by less (in levels) are not ranked
 FEATURE_DROPOUT = 0.1
+TRUNK_LR_SCALE = 0.1  # fine-tuned trunk blocks learn 10x slower than the head: 193 photos are few
+FINETUNED_KEY = f"enc.b{FINETUNE_FROM}.project.w"  # present in params when the trunk is fine-tuned
+
+
+def finetunable(trunk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The trunk's weights from block FINETUNE_FROM on: what --finetune trains."""
+    blocks = range(FINETUNE_FROM, len(mobilenet_blocks()) + 1)
+    return {k: v for k, v in trunk.items() if any(k.startswith(f"enc.b{i}.") for i in blocks)}
 
 
 @dataclass(frozen=True)
@@ -128,16 +147,38 @@ def build_sequences(data: dict[str, np.ndarray], rng: np.random.Generator, augme
             "cell_target": cell_target, "level_pos": level_pos, "level_target": level_target, "quality": quality}
 
 
-def gather_features(data: dict[str, np.ndarray], rows: np.ndarray, src: np.ndarray) -> torch.Tensor:
-    """Cached trunk features for every position: ``rows`` (B,) samples of ``data``, ``src`` (B, T, 2)."""
-    glance = data["glance"][rows]  # (B, 16, F)
-    zooms = data["zooms"][rows]  # (B, Z, 4, F)
-    b = np.arange(len(rows))[:, None]
-    zi, sub = src[..., 0], src[..., 1]
-    from_glance = glance[b, np.clip(sub, 0, None)]
-    from_zoom = zooms[b, np.clip(zi, 0, None), np.clip(sub, 0, P.ZOOM_TOKENS - 1)]
-    f = np.where((zi < 0)[..., None], from_glance, from_zoom)
-    return torch.from_numpy(f.astype(np.float32))
+def gather_features(data: dict[str, np.ndarray], rows: np.ndarray, src: np.ndarray,
+                    params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Trunk features for every position: ``rows`` (B,) samples of ``data``, ``src`` (B, T, 2).
+
+    The cached features, except that when ``params`` holds fine-tuned trunk blocks the last tap's are
+    computed from the cached block inputs, for the glance and for the zooms the sequences use."""
+    glance = torch.from_numpy(data["glance"][rows].astype(np.float32))  # (B, 16, F)
+    zooms = torch.from_numpy(data["zooms"][rows].astype(np.float32))  # (B, Z, 4, F)
+    zi, sub = torch.from_numpy(src[..., 0]), torch.from_numpy(src[..., 1])
+    if params is not None and FINETUNED_KEY in params:
+        used = np.zeros(zooms.shape[:2], bool)  # (B, Z): the cached zooms these sequences look at
+        zb, zz = np.nonzero(src[..., 0] >= 0)
+        used[zb, src[zb, zz, 0]] = True
+        b, z = np.nonzero(used)
+        glance = with_tap(glance, finetuned_tap_features(params, channels_last(data["glance_map"][rows])))
+        taps = finetuned_tap_features(params, channels_last(data["zoom_maps"][rows[b], z]))
+        zooms = zooms.index_put((torch.from_numpy(b), torch.from_numpy(z)), with_tap(zooms[b, z], taps))
+    b = torch.arange(len(rows))[:, None]
+    from_glance = glance[b, sub.clamp_min(0)]
+    from_zoom = zooms[b, zi.clamp_min(0), sub.clamp(0, P.ZOOM_TOKENS - 1)]
+    return torch.where((zi < 0)[..., None], from_glance, from_zoom)
+
+
+def with_tap(feats: torch.Tensor, tap: torch.Tensor) -> torch.Tensor:
+    """Pooled features (..., F) with the last tap's mean and std replaced by ``tap`` (..., 192)."""
+    return torch.cat([feats[..., :LAST_TAP_FEATURES.start], tap, feats[..., LAST_TAP_FEATURES.stop:]], -1)
+
+
+def channels_last(maps: np.ndarray) -> torch.Tensor:
+    """Cached fp16 activations (N, C, h, w) -> float32 in channels-last memory (2x faster depthwise
+    convolutions on CPU, forward and backward)."""
+    return torch.from_numpy(maps.astype(np.float32)).contiguous(memory_format=torch.channels_last)
 
 
 def feature_scaling(data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -163,7 +204,7 @@ def forward(params: dict[str, torch.Tensor], cfg: CriticConfig, data, seq, idx,
 
     ``rows``: the data sample of each sequence (default: the same index, one sequence per sample)."""
     rows = idx if rows is None else rows
-    feats = (gather_features(data, rows, seq["feat_src"][idx]) - params["feat_mu"]) / params["feat_sigma"]
+    feats = (gather_features(data, rows, seq["feat_src"][idx], params) - params["feat_mu"]) / params["feat_sigma"]
     visual = project_features(params, F.dropout(feats, dropout, training=dropout > 0))
     x = embed_sequence(params, torch.from_numpy(seq["tok"][idx]), visual, torch.from_numpy(seq["slot"][idx]))
     h = reasoner_hidden(params, cfg, x)
@@ -231,18 +272,27 @@ def evaluate(params, cfg, data, seq) -> dict[str, float]:
 
 def train(head: dict[str, np.ndarray], cfg: CriticConfig, data, dev, *, epochs: int, batch: int = 64,
           lr: float = 2e-3, seed: int = 0, weights: LossWeights = LossWeights(),
+          trunk: dict[str, np.ndarray] | None = None, dropout: float = FEATURE_DROPOUT,
           log=print) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Returns the head (scaling folded in; with ``trunk``, the fine-tuned trunk blocks too) of the epoch
+    that did best on dev, and the per-epoch log. ``trunk``: the blocks to fine-tune (:func:`finetunable`);
+    ``dropout``: of the standardized visual features."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     aux = {"aux.w": (rng.standard_normal((AUX_CLASSES, cfg.d_model)) * 0.02).astype(np.float32),
            "aux.b": np.zeros(AUX_CLASSES, np.float32)}  # training only: dropped from the shipped head
     trainable = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in (head | aux).items()}
+    blocks = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in (trunk or {}).items()}
     mu, sigma = feature_scaling(data)
-    params = trainable | {"feat_mu": torch.from_numpy(mu), "feat_sigma": torch.from_numpy(sigma)}
-    opt = torch.optim.AdamW(trainable.values(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    params = trainable | blocks | {"feat_mu": torch.from_numpy(mu), "feat_sigma": torch.from_numpy(sigma)}
+    groups = [{"params": list(trainable.values()), "lr": lr}]
+    if blocks:  # pretrained weights: slower, and no decay towards zero
+        groups.append({"params": list(blocks.values()), "lr": lr * TRUNK_LR_SCALE, "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     n = len(data["kinds"])
     steps = epochs * math.ceil(n / batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps,
+                                                pct_start=0.05)
     dev_seq = build_sequences(dev, np.random.default_rng(seed), augment=False)
     history, best, best_state = [], -np.inf, None
     t0 = time.time()
@@ -252,11 +302,11 @@ def train(head: dict[str, np.ndarray], cfg: CriticConfig, data, dev, *, epochs: 
         tot = 0.0
         for s in range(0, n, batch):
             idx = order[s:s + batch]
-            loss = total_loss(losses(params, *forward(params, cfg, data, seq, idx, FEATURE_DROPOUT), seq, idx),
+            loss = total_loss(losses(params, *forward(params, cfg, data, seq, idx, dropout), seq, idx),
                               weights)
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable.values(), 1.0)
+            torch.nn.utils.clip_grad_norm_([*trainable.values(), *blocks.values()], 1.0)
             opt.step()
             sched.step()
             tot += loss.item() * len(idx)
@@ -267,5 +317,6 @@ def train(head: dict[str, np.ndarray], cfg: CriticConfig, data, dev, *, epochs: 
         log(json.dumps(rec))
         score = ev["srcc"] - ev["ce"]  # select on level ranking and trajectory likelihood together
         if score > best:
-            best, best_state = score, {k: v.detach().numpy().copy() for k, v in trainable.items() if k in head}
+            best, best_state = score, {k: v.detach().numpy().copy() for k, v in (trainable | blocks).items()
+                                       if not k.startswith("aux.")}
     return fold_scaling(best_state, mu, sigma), history

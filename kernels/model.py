@@ -34,6 +34,8 @@ _MBV2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 
 TAP_BLOCKS = (3, 6, 13)  # feature taps: ends of blocks 3 (24 ch, stride 4), 6 (32 ch, /8), 13 (96 ch, /16)
 TAP_CELL = (16, 8, 4)  # feature pixels per cell side at each tap (glance 256 px -> 4x4 cells, zoom 128 -> 2x2)
 PIXEL_CELL = 64  # view pixels per cell side
+FINETUNE_FROM = 13  # training may fine-tune the trunk from this block on (the frozen ones run once, cached)
+LAST_TAP_FEATURES = slice(2 * (24 + 32), 2 * (24 + 32 + 96))  # mean and std of block 13 within feat_dim
 CLIP_HIGH, CLIP_LOW = 0.98, 0.02  # luma thresholds for clipped highlights / crushed shadows
 LUMA = (0.299, 0.587, 0.114)
 # Natural-scene statistics (scene_statistics): BRISQUE's local normalisation (7x7 Gaussian window,
@@ -87,12 +89,27 @@ def encoder_forward(p: dict[str, torch.Tensor], pixels: torch.Tensor) -> torch.T
 
 def trunk_features(p: dict[str, torch.Tensor], pixels: torch.Tensor) -> torch.Tensor:
     """pixels (N, 3, H, W) in [0, 1] -> pooled trunk features (N, cells, feat_dim)."""
+    return trunk_features_and_map(p, pixels)[0]
+
+
+def trunk_features_and_map(p: dict[str, torch.Tensor], pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled trunk features, and the activation entering block FINETUNE_FROM (training caches it, so the
+    blocks from there on can be fine-tuned without running the frozen ones again)."""
     mean = pixels.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = pixels.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    x = (pixels - mean) / std
-    x = F.relu6(F.conv2d(x, p["enc.conv0.w"], p["enc.conv0.b"], stride=2, padding=1))
+    x = F.relu6(F.conv2d((pixels - mean) / std, p["enc.conv0.w"], p["enc.conv0.b"], stride=2, padding=1))
+    x, taps = run_blocks(p, x, 1, FINETUNE_FROM - 1)
+    _, late_taps = run_blocks(p, x, FINETUNE_FROM, len(mobilenet_blocks()))
+    return pool_features(taps + late_taps, pixels), x
+
+
+def run_blocks(p: dict[str, torch.Tensor], x: torch.Tensor, first: int, last: int
+               ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """MobileNetV2 blocks first..last (1-based) -> the output and the taps (TAP_BLOCKS) met on the way."""
     taps = []
     for i, (cin, cout, t, s) in enumerate(mobilenet_blocks(), start=1):
+        if not first <= i <= last:
+            continue
         h = x
         if t != 1:
             h = F.relu6(F.conv2d(h, p[f"enc.b{i}.expand.w"], p[f"enc.b{i}.expand.b"]))
@@ -101,7 +118,14 @@ def trunk_features(p: dict[str, torch.Tensor], pixels: torch.Tensor) -> torch.Te
         x = x + h if (s == 1 and cin == cout) else h
         if i in TAP_BLOCKS:
             taps.append(x)
-    return pool_features(taps, pixels)
+    return x, taps
+
+
+def finetuned_tap_features(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The activation entering block FINETUNE_FROM (N, C, h, w) -> the last tap's pooled mean and std
+    (N, cells, 2 x 96), i.e. ``trunk_features(...)[..., LAST_TAP_FEATURES]``."""
+    _, taps = run_blocks(p, x, FINETUNE_FROM, len(mobilenet_blocks()))
+    return torch.cat(_mean_std(taps[-1], TAP_CELL[-1]), dim=1).flatten(2).transpose(1, 2)
 
 
 def _mean_std(x: torch.Tensor, cell: int) -> list[torch.Tensor]:
@@ -131,15 +155,12 @@ def gaussian_taps() -> torch.Tensor:
 
 
 def local_mean(x: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian window (NSS_TAPS, NSS_SIGMA) over one channel (N, 1, H, W), reflect-padded.
-
-    Written as shifted multiply-adds rather than a convolution so that it runs in float64 too (local
-    variances are differences of nearly equal moments; onnxruntime has no float64 convolution)."""
-    r = NSS_TAPS // 2
-    g = gaussian_taps().double().tolist()
+    """Separable Gaussian window (NSS_TAPS, NSS_SIGMA) over each channel of (N, C, H, W), reflect-padded."""
+    r, c = NSS_TAPS // 2, int(x.shape[1])  # a constant channel count keeps the exported kernel static
+    g = gaussian_taps().to(dtype=x.dtype, device=x.device)
     x = F.pad(x, (r, r, r, r), mode="reflect")
-    rows = sum(g[i] * x[..., :, i:i - 2 * r or None] for i in range(NSS_TAPS))
-    return sum(g[i] * rows[..., i:i - 2 * r or None, :] for i in range(NSS_TAPS))
+    x = F.conv2d(x, g.view(1, 1, 1, NSS_TAPS).expand(c, 1, 1, NSS_TAPS), groups=c)
+    return F.conv2d(x, g.view(1, 1, NSS_TAPS, 1).expand(c, 1, NSS_TAPS, 1), groups=c)
 
 
 def neighbour_products(m: torch.Tensor) -> list[torch.Tensor]:
@@ -152,12 +173,15 @@ def mscn_statistics(y: torch.Tensor, cell: int) -> list[torch.Tensor]:
     """13 statistics per cell of one luma scale: the mean square and mean magnitude of the locally
     normalised (MSCN) coefficients and of their products with four neighbours (BRISQUE's features
     as moments, which need no distribution fit), then the mean and std of the local contrast and a
-    soft share of flat pixels."""
-    y64 = y.double()  # var = E[y^2] - mu^2 cancels badly in float32 on flat areas (sky, walls)
-    mu = local_mean(y64)
-    var64 = (local_mean(y64 * y64) - mu * mu).clamp_min(0.0)
-    m = ((y64 - mu) / (torch.sqrt(var64) + NSS_C)).float()
-    var = var64.float()
+    soft share of flat pixels.
+
+    The local contrast is the Gaussian-weighted energy of the residual ``y - mu``, not BRISQUE's
+    E[y^2] - mu^2: both measure local contrast, but the residual form has no cancellation on flat areas,
+    so it is exact in float32 and runs as two small convolutions (the moment form needed float64 to
+    keep the exported encoder within 1e-4, and took half the encoder's time as shifted multiply-adds)."""
+    d = y - local_mean(y)
+    var = local_mean(d * d)  # local energy of the residual: no E[y^2] - mu^2 cancellation on flat areas
+    m = d / (torch.sqrt(var) + NSS_C)
     sigma = torch.sqrt(var)
     out = [F.avg_pool2d(m * m, cell), F.avg_pool2d(m.abs(), cell)]
     for p in neighbour_products(m):
@@ -184,9 +208,9 @@ def scene_statistics(pixels: torch.Tensor, luma: torch.Tensor) -> torch.Tensor:
     half = F.avg_pool2d(luma, 2)
     feats = mscn_statistics(luma, PIXEL_CELL) + mscn_statistics(half, PIXEL_CELL // 2)
     r, b = pixels[:, 0:1], pixels[:, 2:3]
-    for chroma in (0.564 * (b - luma), 0.713 * (r - luma)):
-        detail = chroma - local_mean(chroma)
-        feats.append(torch.sqrt(F.avg_pool2d(detail * detail, PIXEL_CELL) + 1e-6))
+    chroma = torch.cat([0.564 * (b - luma), 0.713 * (r - luma)], dim=1)
+    detail = chroma - local_mean(chroma)
+    feats.append(torch.sqrt(F.avg_pool2d(detail * detail, PIXEL_CELL) + 1e-6))
     dx = F.pad(luma[..., :, 1:] - luma[..., :, :-1], (0, 1))
     dy = F.pad(luma[..., 1:, :] - luma[..., :-1, :], (0, 0, 0, 1))
     feats.append(block_contrast(F.avg_pool2d(dx.abs(), (PIXEL_CELL, 1))))

@@ -94,10 +94,8 @@ def gaussian_window(taps: int, sigma: float) -> np.ndarray:
 
 
 def local_mean(x: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """Separable window ``g`` over (H, W), reflect-padded (the edge not repeated, as PyTorch's reflect),
-    in the dtype of ``x``."""
+    """Separable window ``g`` over (H, W), reflect-padded (the edge not repeated, as PyTorch's reflect)."""
     r = len(g) // 2
-    g = g.astype(x.dtype)
     xp = np.pad(x, r, mode="reflect")
     h, w = x.shape
     rows = sum(g[i] * xp[:, i:i + w] for i in range(len(g)))
@@ -112,11 +110,9 @@ def neighbour_products(m: np.ndarray) -> list[np.ndarray]:
 
 def mscn_statistics(y: np.ndarray, cell: int, nss: NSSConstants) -> list[np.ndarray]:
     """kernels.model.mscn_statistics on one luma plane (H, W) -> 13 maps (gh, gw)."""
-    y64 = y.astype(np.float64)  # var = E[y^2] - mu^2 cancels badly in float32 on flat areas
-    mu = local_mean(y64, nss.window)
-    var64 = np.maximum(local_mean(y64 * y64, nss.window) - mu * mu, 0.0)
-    m = ((y64 - mu) / (np.sqrt(var64) + np.float64(nss.c))).astype(np.float32)
-    var = var64.astype(np.float32)
+    d = y - local_mean(y, nss.window)
+    var = local_mean(d * d, nss.window)  # local energy of the residual: no E[y^2] - mu^2 cancellation
+    m = d / (np.sqrt(var) + nss.c)
     sigma = np.sqrt(var)
     out = [cell_mean(m * m, cell), cell_mean(np.abs(m), cell)]
     for p in neighbour_products(m):

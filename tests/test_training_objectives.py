@@ -81,3 +81,31 @@ def test_rollouts_follow_the_grammar_and_zoom_only_on_cached_cells():
         for t in (t for t, s in zip(r.tok[1:], r.slot[1:]) if s < 0):
             g.advance(t)  # raises if the sampled sequence breaks the grammar
         assert g.done
+
+
+def test_finetuning_starts_from_the_cached_features_and_trains_the_trunk(weights):
+    """The fine-tuned path recomputes the last tap from the cached block inputs: at the start it must
+    give the cached features (up to their float16 storage), and its gradient must reach the trunk."""
+    from export.train import FINETUNED_KEY, finetunable, gather_features
+    from kernels.model import LAST_TAP_FEATURES, to_torch, trunk_features_and_map
+
+    rng = np.random.default_rng(0)
+    n, z = 2, 6
+    with torch.no_grad():
+        p = to_torch(weights)
+        glance, glance_map = trunk_features_and_map(p, torch.from_numpy(rng.random((n, 3, 256, 256), np.float32)))
+        zooms, zoom_maps = trunk_features_and_map(p, torch.from_numpy(rng.random((n * z, 3, 128, 128), np.float32)))
+    data = {"glance": glance.numpy().astype(np.float16), "glance_map": glance_map.numpy().astype(np.float16),
+            "zooms": zooms.numpy().reshape(n, z, P.ZOOM_TOKENS, -1).astype(np.float16),
+            "zoom_maps": zoom_maps.numpy().reshape(n, z, *zoom_maps.shape[1:]).astype(np.float16)}
+    glance_src = [(-1, c) for c in range(P.GLANCE_TOKENS)]
+    src = np.array([glance_src + [(zi, j) for zi in used for j in range(P.ZOOM_TOKENS)]
+                    for used in ((0, 4), (5, 1))])
+    rows = np.arange(n)
+    cached = gather_features(data, rows, src)
+    blocks = {k: torch.nn.Parameter(torch.from_numpy(v)) for k, v in finetunable(weights).items()}
+    tuned = gather_features(data, rows, src, blocks)
+    np.testing.assert_allclose(tuned.detach().numpy(), cached.numpy(), rtol=0, atol=2e-3)
+    assert not torch.equal(tuned[..., LAST_TAP_FEATURES], cached[..., LAST_TAP_FEATURES])  # really recomputed
+    tuned[..., LAST_TAP_FEATURES].square().mean().backward()
+    assert float(blocks[FINETUNED_KEY].grad.abs().sum()) > 0
