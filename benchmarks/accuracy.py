@@ -428,13 +428,16 @@ def _load_critics(model: str | None, names: Sequence[str], threads: int | None) 
     import qds_lite
     from qds_lite.model_store import resolve
 
+    from . import variants
+
     files = resolve(model)  # model problems are fatal; backend problems only skip that backend
     info = {"name": files.name, "root": str(files.root), "sha256": files.sha256,
             "version": files.manifest.get("version")}
     critics, skipped = {}, {}
     for name in names:
         try:
-            critics[CRITIC_PREFIX + name] = qds_lite.load(model, backend=name, threads=threads)
+            critics[CRITIC_PREFIX + name] = (variants.load(name, model, threads) if name in variants.VARIANTS
+                                             else qds_lite.load(model, backend=name, threads=threads))
         except Exception as e:  # noqa: BLE001  a missing or broken optional engine only drops that backend
             skipped[name] = f"{type(e).__name__}: {getattr(e, 'message', e)}"
             print(f"accuracy: skipping backend {name}: {skipped[name]}", file=sys.stderr)
@@ -821,7 +824,9 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="bundled critic name or folder (default: the bundled qds-small-v1)")
     p.add_argument("--backends", default="onnx,numpy,gguf",
-                   help="comma-separated critic backends; ones that cannot load are skipped (default: %(default)s)")
+                   help="comma-separated critic backends (onnx, gguf, numpy) and variants built from the same weights "
+                   "(torch: the fp32 reference, onnx-int8, gguf-q4_0; benchmarks/variants.py); ones that cannot "
+                   "load are skipped (default: %(default)s)")
     p.add_argument("--photos", type=int, default=None, help="number of test photos, spread evenly (default: all)")
     p.add_argument("--levels", default=str(len(DEFAULT_LEVELS)),
                    help="N evenly spaced severity levels k/(N+1), or a comma list such as 0.3,0.7 "

@@ -1,0 +1,60 @@
+"""The accuracy benchmark's critic variants (``benchmarks/variants.py``): the PyTorch reference behind the
+runtime loop, the int8 encoder and the Q4_0 reasoner, each built from the shipped weights."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+variants = importlib.import_module("benchmarks.variants")
+IMAGE = _ROOT / "tests" / "data" / "coffee_jpeg_local.jpg"
+
+
+@pytest.fixture(scope="module")
+def numpy_result():
+    import qds_lite
+
+    return qds_lite.load(backend="numpy").score(IMAGE)
+
+
+def test_torch_reference_runs_the_same_loop_as_numpy(numpy_result):
+    got = variants.load("torch").score(IMAGE)
+    assert got.backend == "torch"
+    assert [(f.type, f.box) for f in got.findings] == [(f.type, f.box) for f in numpy_result.findings]
+    assert got.score == pytest.approx(numpy_result.score, abs=1e-3)  # fp32 on both sides
+
+
+def test_q4_0_reasoner_is_built_once_and_keeps_findings(numpy_result, tmp_path):
+    pytest.importorskip("llama_cpp")
+    got = variants.load("gguf-q4_0", cache=tmp_path).score(IMAGE)
+    built = sorted(tmp_path.rglob("reasoner.q4_0.gguf"))
+    assert len(built) == 1
+    assert [f.type for f in got.findings] == [f.type for f in numpy_result.findings]
+    assert abs(got.score - numpy_result.score) < 2.0  # a 4-bit reasoner: looser than the 1.0 of Q8_0
+    mtime = built[0].stat().st_mtime_ns
+    variants.load("gguf-q4_0", cache=tmp_path)
+    assert built[0].stat().st_mtime_ns == mtime  # reused, not rebuilt
+
+
+def test_int8_encoder_is_calibrated_on_dev_photos(numpy_result, tmp_path):
+    from export.data import pristine_photos
+
+    try:
+        pristine_photos("dev")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    got = variants.load("onnx-int8", cache=tmp_path).score(IMAGE)
+    assert sorted(tmp_path.rglob("encoder.int8.onnx"))
+    assert [f.type for f in got.findings] == [f.type for f in numpy_result.findings]
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(ValueError, match="unknown variant"):
+        variants.load("onnx-int4")
