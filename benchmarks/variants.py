@@ -9,8 +9,8 @@ None of them ships. Each is built here from the shipped weights (``critic.npz``)
   interface, so the same decoding loop runs on the reference maths;
 * ``onnx-int8``: the fp32 encoder quantized by ``export.onnx_export.quantize_encoder`` (calibrated on
   dev-split photos, never test), with the fp32 ONNX reasoner;
-* ``gguf-q4_0``: the reasoner written as Q4_0 by ``export.gguf_export`` (checked against the reference
-  there), with the fp32 ONNX encoder.
+* ``gguf-q4_0``: the gguf backend with the reasoner written as Q4_0 by ``export.gguf_export`` (checked
+  against the reference there) instead of the shipped Q8_0.
 
 They need the ``train`` extra (torch, onnx, gguf); without it :func:`load` raises ImportError and the
 benchmark skips that variant with the reason.
@@ -110,12 +110,10 @@ def load(name: str, model: str | None = None, threads: int | None = None, cache:
         backend.encode = OnnxEncoder(_int8_encoder(files, folder), threads)
         backend.name = name
     elif name == "gguf-q4_0":
-        from qds_lite.backends.gguf_backend import GGUFReasoner
-        from qds_lite.backends.onnx_backend import OnnxBackend
+        from qds_lite.backends.gguf_backend import GGUFBackend, GGUFReasoner
 
-        backend = OnnxBackend(files, threads)
+        backend = GGUFBackend(files, weights, threads)
         backend.reasoner = GGUFReasoner(_q4_0_reasoner(files, weights, folder), n_threads=threads)
-        backend.start = backend.reasoner.start
         backend.name = name
     else:
         raise ValueError(f"unknown variant {name!r} (choose from {', '.join(VARIANTS)})")

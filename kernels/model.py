@@ -181,8 +181,8 @@ def mscn_statistics(y: torch.Tensor, cell: int) -> list[torch.Tensor]:
     keep the exported encoder within 1e-4, and took half the encoder's time as shifted multiply-adds)."""
     d = y - local_mean(y)
     var = local_mean(d * d)  # local energy of the residual: no E[y^2] - mu^2 cancellation on flat areas
-    m = d / (torch.sqrt(var) + NSS_C)
     sigma = torch.sqrt(var)
+    m = d / (sigma + NSS_C)
     out = [F.avg_pool2d(m * m, cell), F.avg_pool2d(m.abs(), cell)]
     for p in neighbour_products(m):
         out += [F.avg_pool2d(p, cell), F.avg_pool2d(p.abs(), cell)]

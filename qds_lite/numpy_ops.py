@@ -112,8 +112,8 @@ def mscn_statistics(y: np.ndarray, cell: int, nss: NSSConstants) -> list[np.ndar
     """kernels.model.mscn_statistics on one luma plane (H, W) -> 13 maps (gh, gw)."""
     d = y - local_mean(y, nss.window)
     var = local_mean(d * d, nss.window)  # local energy of the residual: no E[y^2] - mu^2 cancellation
-    m = d / (np.sqrt(var) + nss.c)
     sigma = np.sqrt(var)
+    m = d / (sigma + nss.c)
     out = [cell_mean(m * m, cell), cell_mean(np.abs(m), cell)]
     for p in neighbour_products(m):
         out += [cell_mean(p, cell), cell_mean(np.abs(p), cell)]
