@@ -46,9 +46,9 @@ class Reasoner:
         grammar = P.Grammar(max_zooms)
         traj = Trajectory()
         session = self.backend.start()
-        first = np.concatenate([self.tok_embd[[P.BOS]], self.visual(image.glance, P.GLANCE_SLOT0)])
-        logits = session.step(first)
+        first = [self.tok_embd[[P.BOS]], self.visual(image.glance, P.GLANCE_SLOT0)]
         grammar.begin()
+        logits = session.step(np.concatenate(first + [self.tok_embd[self._append_forced(grammar, traj)]]))
         while True:
             state = grammar.state
             if state == "level":  # <stop> is in: its logits over the level tokens are the verdict
@@ -57,14 +57,28 @@ class Reasoner:
             token = int(allowed[np.argmax(logits[allowed])])
             grammar.advance(token)
             traj.tokens.append(token)
-            if grammar.done:  # <eos>: nothing more to feed
-                break
-            new = self.tok_embd[[token]]
+            new = [self.tok_embd[[token]]]
             if state == "after_zoom":
                 window, box = zoom_window(image.full, token - P.CELL0)
                 traj.zooms.append((token - P.CELL0, box))
-                new = np.concatenate([new, self.visual(window, P.ZOOM_SLOT0)])
-            logits = session.step(new)
+                new.append(self.visual(window, P.ZOOM_SLOT0))
+            forced = self._append_forced(grammar, traj)
+            if grammar.done:  # <eos>: nothing more to feed
+                break
+            logits = session.step(np.concatenate(new + [self.tok_embd[forced]]))
         traj.findings = grammar.findings
         traj.model_ms = (time.perf_counter() - t0) * 1e3
         return traj
+
+    @staticmethod
+    def _append_forced(grammar: P.Grammar, traj: Trajectory) -> list[int]:
+        """Advance over tokens the grammar leaves no choice about (<stop> once the zoom budget is spent,
+        <eos> after the last finding): they join the next step's input instead of costing a step of
+        their own, whose logits nobody would read. A zoom's cell is never forced: it brings visual tokens."""
+        forced = []
+        while not grammar.done and grammar.state != "after_zoom" and len(grammar.allowed()) == 1:
+            token = grammar.allowed()[0]
+            grammar.advance(token)
+            traj.tokens.append(token)
+            forced.append(token)
+        return forced
