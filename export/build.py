@@ -5,8 +5,10 @@
 1. fold + fp16-round the ImageNet MobileNetV2 trunk and export it to ONNX (for fast data caching);
 2. synthesize and cache the train and dev samples (export.samples; ~4.5 min per batch of variants);
 3. train the projection and reasoner on oracle trajectories (export.train; --finetune also trains the
-   trunk's last block from cached inputs), fixed seeds, then optionally
-   the GRPO stage (export.rl, --rl-epochs); each stage's head is cached in WORK/head*.npz;
+   trunk's last block from cached inputs), fixed seeds; with --teacher, a larger critic is trained
+   first (WORK/teacher.npz, exported to WORK/teacher-critic/ for the benchmark) and the student also
+   learns its distributions; then optionally the GRPO stage (export.rl, --rl-epochs); each stage's
+   head is cached in WORK/head*.npz;
 4. export: critic.npz (fp16 weights, all backends' shared tables, NumPy backend), encoder ONNX fp32 ->
    static int8, reasoner ONNX fp32, reasoner GGUF Q8_0, each checked against the PyTorch reference;
 5. write the manifest (sha256 and size of every file, config, training log) and the golden vectors
@@ -19,7 +21,7 @@ import argparse
 import json
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +42,7 @@ from export.onnx_export import (
 from export.rl import reinforce
 from export.samples import build as build_samples
 from export.samples import load_shards
-from export.train import FEATURE_DROPOUT, LossWeights, finetunable, train
+from export.train import FEATURE_DROPOUT, LossWeights, Teacher, finetunable, teacher_config, train
 from kernels.model import (
     CLIP_HIGH,
     CLIP_LOW,
@@ -98,8 +100,14 @@ def calibration_views(data_split: str, n: int, seed: int) -> list[np.ndarray]:
 
 
 def export_all(weights: dict[str, np.ndarray], cfg: CriticConfig, out: Path, work: Path, training: dict,
-               int8_encoder: bool) -> None:
-    """Write and verify every shipped file, then the manifest and the golden vectors."""
+               int8_encoder: bool, views: list[np.ndarray] | None = None) -> None:
+    """Write and verify every shipped file, then the manifest and the golden vectors.
+
+    ``views``: glance and zoom views (3xHxW in [0, 1]) to check the encoder on; by default dev-split
+    pristine photos, which also calibrate the int8 encoder (studied only then: its SQNR goes in the
+    manifest, and it ships with ``int8_encoder``)."""
+    if int8_encoder and views is not None:
+        raise ValueError("the int8 encoder is calibrated on dev-split photos only")
     out.mkdir(parents=True, exist_ok=True)
     old = out / "manifest.json"
     evaluation = json.loads(old.read_text()).get("evaluation") if old.exists() else None
@@ -107,14 +115,17 @@ def export_all(weights: dict[str, np.ndarray], cfg: CriticConfig, out: Path, wor
         stale.unlink()
     np.savez_compressed(out / "critic.npz", **{k: v.astype(np.float16) for k, v in weights.items()})
     manifest.wrote(out / "critic.npz")
-    views = calibration_views("dev", 12, SEED)
+    study_int8 = views is None
+    views = calibration_views("dev", 12, SEED) if views is None else views
     enc_fp32 = work / "encoder.fp32.onnx"
     export_encoder(weights, enc_fp32)
     notes = {"encoder_fp32_max_abs": verify_encoder(weights, enc_fp32, views[:4], 1e-4)}
+    print(f"encoder: fp32 max abs {notes['encoder_fp32_max_abs']:.2e}")
     int8 = work / "encoder.int8.onnx"
-    quantize_encoder(enc_fp32, int8, views)
-    notes["encoder_int8_sqnr_db"] = round(encoder_sqnr(weights, int8, views), 1)
-    print(f"encoder: fp32 max abs {notes['encoder_fp32_max_abs']:.2e}; int8 SQNR {notes['encoder_int8_sqnr_db']} dB")
+    if study_int8:
+        quantize_encoder(enc_fp32, int8, views)
+        notes["encoder_int8_sqnr_db"] = round(encoder_sqnr(weights, int8, views), 1)
+        print(f"encoder: int8 SQNR {notes['encoder_int8_sqnr_db']} dB")
     encoder = out / ("encoder.int8.onnx" if int8_encoder else "encoder.onnx")
     shutil.copyfile(int8 if int8_encoder else enc_fp32, encoder)
     manifest.wrote(encoder)
@@ -166,6 +177,11 @@ def main() -> None:
                     help="dropout on the visual features while training (default: %(default)s)")
     ap.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=False,
                     help=f"also fine-tune the trunk from block {FINETUNE_FROM} on (ablation: no gain measured, README)")
+    ap.add_argument("--teacher", action=argparse.BooleanOptionalAction, default=False,
+                    help="train a larger teacher critic first and distil the student from it (ablation: README)")
+    ap.add_argument("--teacher-epochs", type=int, default=4)
+    ap.add_argument("--distill-weight", type=float, default=LossWeights.distill,
+                    help="weight of matching the teacher's distributions (with --teacher)")
     ap.add_argument("--rl-epochs", type=int, default=0, help="epochs of the GRPO stage after the supervised one "
                     "(export/rl.py; 0: none)")
     ap.add_argument("--rl-samples", type=int, default=2048, help="training samples per GRPO epoch")
@@ -188,14 +204,29 @@ def main() -> None:
     print(f"samples: train {len(data['kinds'])}, dev {len(dev['kinds'])}", flush=True)
 
     cfg = critic_config()
-    weights = LossWeights(cells=a.cells_weight, rank=a.rank_weight)
+    weights = LossWeights(cells=a.cells_weight, rank=a.rank_weight, distill=a.distill_weight if a.teacher else 0.0)
     settings = {"seed": SEED, "epochs": a.epochs, "variants": a.variants, "batches": a.batches,
                 "loss_weights": asdict(weights), "config": cfg.to_dict(),
                 "finetune_from": FINETUNE_FROM if a.finetune else None, "feature_dropout": a.feature_dropout}
+    teacher = None
+    if a.teacher:
+        tcfg = teacher_config(cfg)
+        tsettings = settings | {"epochs": a.teacher_epochs, "config": tcfg.to_dict(), "finetune_from": None,
+                                "loss_weights": asdict(replace(weights, distill=0.0))}
+        thead, thistory, tminutes, treused = cached_stage(
+            a.work / "teacher", tsettings, a.retrain,
+            lambda: train(init_head(tcfg, SEED), tcfg, data, dev, epochs=a.teacher_epochs, seed=SEED,
+                          weights=replace(weights, distill=0.0), dropout=a.feature_dropout))
+        teacher = Teacher.from_head(thead, tcfg)
+        export_all(trunk | round_to_half(thead), tcfg, a.work / "teacher-critic", a.work,
+                   {"command": "python -m export.build --teacher", **tsettings, "history": thistory,
+                    "minutes": tminutes, "reused_head": treused}, int8_encoder=False)
+        settings = settings | {"teacher": tsettings}
     head, history, minutes, reused = cached_stage(
         a.work / "head", settings, a.retrain,
         lambda: train(init_head(cfg, SEED), cfg, data, dev, epochs=a.epochs, seed=SEED, weights=weights,
-                      trunk=finetunable(trunk) if a.finetune else None, dropout=a.feature_dropout))
+                      trunk=finetunable(trunk) if a.finetune else None, dropout=a.feature_dropout,
+                      teacher=teacher))
     if a.rl_epochs:
         settings = settings | {"rl_epochs": a.rl_epochs, "rl_samples": a.rl_samples}
         supervised = head

@@ -21,6 +21,12 @@ Two more terms, both measured on the accuracy benchmark (README, ablation; the s
   predicted level distributions, is pulled towards the known order by the fidelity loss, so scores
   compare across content and degradation types, not only within one.
 
+A third, for distillation (DESIGN.md section 5; export.build --teacher): a larger critic (the teacher,
+:func:`teacher_config`) is first trained alone on the same samples; the shipped student then also matches
+the teacher's distributions at every position where it chooses a token and at the verdict (KL at
+temperature DISTILL_TEMPERATURE, over the tokens the grammar allows), so it learns which mistakes are
+near-misses (defocus for blur, haze for low contrast) instead of only the oracle's one right answer.
+
 Visual features are dropped out (training only) against over-fitting to the few training photos.
 """
 
@@ -29,7 +35,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -58,6 +64,33 @@ RANK_GAP = 0.25  # pairs whose oracle qualities differ by less (in levels) are n
 FEATURE_DROPOUT = 0.1
 TRUNK_LR_SCALE = 0.1  # fine-tuned trunk blocks learn 10x slower than the head: 193 photos are few
 FINETUNED_KEY = f"enc.b{FINETUNE_FROM}.project.w"  # present in params when the trunk is fine-tuned
+DISTILL_TEMPERATURE = 2.0  # softens the teacher's distributions so the runner-up tokens carry signal
+
+
+def teacher_config(student: CriticConfig) -> CriticConfig:
+    """The distillation teacher: the student's vocabulary and inputs, twice as wide and one layer deeper
+    (about 5x the student's training compute: what fits the CPU budget); PyTorch fp32, never shipped."""
+    return replace(student, proj_hidden=2 * student.proj_hidden, d_model=2 * student.d_model,
+                   n_layers=student.n_layers + 1, n_heads=2 * student.n_heads, ffn_dim=2 * student.ffn_dim)
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A trained critic whose distributions the student learns to match (head with the feature scaling
+    folded in, as :func:`train` returns it)."""
+
+    params: dict[str, torch.Tensor]
+    cfg: CriticConfig
+
+    @classmethod
+    def from_head(cls, head: dict[str, np.ndarray], cfg: CriticConfig) -> Teacher:
+        f = cfg.feat_dim
+        params = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in head.items()}
+        return cls(params | {"feat_mu": torch.zeros(f), "feat_sigma": torch.ones(f)}, cfg)
+
+    def logits(self, data, seq, idx) -> torch.Tensor:
+        with torch.no_grad():
+            return forward(self.params, self.cfg, data, seq, idx)[0]
 
 
 def finetunable(trunk: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -76,6 +109,7 @@ class LossWeights:
     level: float = LEVEL_WEIGHT
     cells: float = 0.5  # per-cell diagnosis
     rank: float = 0.0  # Thurstone fidelity across images
+    distill: float = 1.0  # matching the teacher's distributions (only when training with a teacher)
 
 
 def allowed_mask(grammar: P.Grammar) -> np.ndarray:
@@ -84,18 +118,79 @@ def allowed_mask(grammar: P.Grammar) -> np.ndarray:
     return m
 
 
+class SequenceWriter:
+    """The teacher-forcing arrays of ``n`` sequences, filled one position at a time in the order the
+    runtime feeds them: vocabulary tokens (each, when predicted, with its target and the grammar's
+    allowed set at the position before) and visual tokens (a slot, where their features come from, and
+    the per-cell diagnosis label of their cell)."""
+
+    def __init__(self, n: int, length: int) -> None:
+        self.arrays = {
+            "tok": np.zeros((n, length), np.int64),
+            "slot": np.full((n, length), -1, np.int64),
+            "feat_src": np.full((n, length, 2), -1, np.int64),  # (zoom index or -1 for glance, sub-token)
+            "target": np.full((n, length), -100, np.int64),
+            "allowed": np.zeros((n, length, P.VOCAB_SIZE), bool),
+            "cell_target": np.full((n, length), -100, np.int64),
+            "level_pos": np.zeros(n, np.int64),
+            "level_target": np.zeros((n, len(P.LEVELS)), np.float32),
+            "quality": np.zeros(n, np.float32),
+        }
+        self.i = self.t = 0
+        self.grammar = P.Grammar()
+
+    def begin(self, i: int, max_zooms: int) -> None:
+        """Start sequence ``i`` with <bos>."""
+        self.i, self.t, self.grammar = i, 0, P.Grammar(max_zooms)
+        self.put(P.BOS, predicted=False)
+
+    def put(self, token: int, predicted: bool = True) -> None:
+        a, i, t = self.arrays, self.i, self.t
+        if predicted:
+            a["allowed"][i, t - 1] = allowed_mask(self.grammar)
+            a["target"][i, t - 1] = token
+            self.grammar.advance(token)
+        a["tok"][i, t] = token
+        self.t += 1
+
+    def visual(self, slot: int, src: tuple[int, int], cell_label: int = -100) -> None:
+        a, i, t = self.arrays, self.i, self.t
+        a["slot"][i, t], a["feat_src"][i, t], a["cell_target"][i, t] = slot, src, cell_label
+        self.t += 1
+
+    def untaught(self) -> None:
+        """Keep the last token put as input, but do not teach the reasoner to choose it."""
+        self.arrays["target"][self.i, self.t - 2] = -100  # its target sits one position before it
+
+    def glance(self, cell_labels: np.ndarray | None = None) -> None:
+        for c in range(P.GLANCE_TOKENS):
+            self.visual(P.GLANCE_SLOT0 + c, (-1, c), -100 if cell_labels is None else int(cell_labels[c]))
+        self.grammar.begin()
+
+    def zoom(self, cell: int, z: int, taught: bool = True, cell_label: int = -100) -> None:
+        """<zoom> <cell> and the zoom's visual tokens, taken from cached zoom ``z``."""
+        self.put(P.ZOOM)
+        self.put(P.CELL0 + cell)
+        if not taught:
+            self.untaught()
+        for j in range(P.ZOOM_TOKENS):
+            self.visual(P.ZOOM_SLOT0 + j, (z, j), cell_label)
+
+    def verdict(self, level_target: np.ndarray, quality: float) -> None:
+        """<stop>, whose logits are the level distribution (trained by the KL term towards
+        ``level_target``), then the most likely level, fed back but not taught as a choice."""
+        self.put(P.STOP)
+        a = self.arrays
+        a["level_pos"][self.i] = self.t - 1
+        a["level_target"][self.i], a["quality"][self.i] = level_target, quality
+        self.put(P.LEVEL0 + int(np.argmax(level_target)))
+        self.untaught()
+
+
 def build_sequences(data: dict[str, np.ndarray], rng: np.random.Generator, augment: bool) -> dict[str, np.ndarray]:
-    """Teacher-forcing tensors for every sample (see module docstring)."""
+    """Teacher-forcing tensors for every synthesized sample, from its oracle (see module docstring)."""
     n = len(data["kinds"])
-    tok = np.zeros((n, SEQ_LEN), np.int64)
-    slot = np.full((n, SEQ_LEN), -1, np.int64)
-    feat_src = np.full((n, SEQ_LEN, 2), -1, np.int64)  # (zoom index or -1 for glance, sub-token)
-    target = np.full((n, SEQ_LEN), -100, np.int64)
-    allowed = np.zeros((n, SEQ_LEN, P.VOCAB_SIZE), bool)
-    cell_target = np.full((n, SEQ_LEN), -100, np.int64)
-    level_pos = np.zeros(n, np.int64)
-    level_target = np.zeros((n, len(P.LEVELS)), np.float32)
-    quality = np.zeros(n, np.float32)
+    w = SequenceWriter(n, SEQ_LEN)
     for i in range(n):
         degs = oracle.degradations(data, i)
         cells = oracle.cell_types(degs, AUX_MIN_SEVERITY)
@@ -107,44 +202,17 @@ def build_sequences(data: dict[str, np.ndarray], rng: np.random.Generator, augme
             if rng.random() < 0.25:  # a zoom that missed: one of the random cells instead
                 missed = int(rng.integers(ORACLE_CELLS, data["zoom_cells"].shape[1]))
                 zoom_idx[int(rng.integers(0, P.DEFAULT_ZOOMS))] = missed
-        g = P.Grammar(n_zoom)
-        t = 0
-
-        def put(token: int, predicted: bool = True, i: int = i, g: P.Grammar = g) -> None:
-            nonlocal t
-            if predicted:
-                allowed[i, t - 1] = allowed_mask(g)
-                target[i, t - 1] = token
-                g.advance(token)
-            tok[i, t] = token
-            t += 1
-
-        put(P.BOS, predicted=False)
-        for c in range(P.GLANCE_TOKENS):
-            slot[i, t], feat_src[i, t], cell_target[i, t] = P.GLANCE_SLOT0 + c, (-1, c), cells[c]
-            t += 1
-        g.begin()
+        w.begin(i, n_zoom)
+        w.glance(cells)
         for z in zoom_idx[:n_zoom]:
-            put(P.ZOOM)
             cell = int(data["zoom_cells"][i, z])
-            oracle_choice = z < ORACLE_CELLS
-            put(P.CELL0 + cell)
-            if not oracle_choice:
-                target[i, t - 2] = -100  # do not teach the reasoner to pick a random cell
-            for j in range(P.ZOOM_TOKENS):
-                slot[i, t], feat_src[i, t], cell_target[i, t] = P.ZOOM_SLOT0 + j, (z, j), cells[cell]
-                t += 1
-        put(P.STOP)
-        level_pos[i] = t - 1  # the verdict is read from <stop>'s logits: trained by the KL term
-        quality[i] = oracle.quality(degs)
-        level_target[i] = oracle.level_distribution(quality[i])
-        put(P.LEVEL0 + int(np.argmax(level_target[i])))
-        target[i, t - 2] = -100
+            w.zoom(cell, z, taught=z < ORACLE_CELLS, cell_label=cells[cell])  # never teach a random cell
+        q = np.float32(oracle.quality(degs))  # the target is made from the stored (float32) quality
+        w.verdict(oracle.level_distribution(q), q)
         for token in oracle.finding_tokens(degs):
-            put(token)
-        put(P.EOS)
-    return {"tok": tok, "slot": slot, "feat_src": feat_src, "target": target, "allowed": allowed,
-            "cell_target": cell_target, "level_pos": level_pos, "level_target": level_target, "quality": quality}
+            w.put(token)
+        w.put(P.EOS)
+    return w.arrays
 
 
 def gather_features(data: dict[str, np.ndarray], rows: np.ndarray, src: np.ndarray,
@@ -187,8 +255,9 @@ def feature_scaling(data: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray
     Features span orders of magnitude (activation means up to 6, clipped-pixel shares near 0), so the
     MLP trains on standardized inputs; :func:`fold_scaling` then folds the affine map into its first
     layer, so the shipped model has no extra op."""
+    zooms = data["zooms"][data["zoom_cells"] >= 0]  # cell -1: no zoom there (records with fewer zooms)
     f = np.concatenate([data["glance"].reshape(-1, data["glance"].shape[-1]),
-                        data["zooms"].reshape(-1, data["zooms"].shape[-1])]).astype(np.float64)
+                        zooms.reshape(-1, zooms.shape[-1])]).astype(np.float64)
     return f.mean(0).astype(np.float32), np.maximum(f.std(0), 1e-2).astype(np.float32)
 
 
@@ -196,6 +265,14 @@ def fold_scaling(head: dict[str, np.ndarray], mu: np.ndarray, sigma: np.ndarray)
     """proj.w1 @ ((f - mu) / sigma) + b1  ==  (proj.w1 / sigma) @ f + (b1 - (proj.w1 / sigma) @ mu)."""
     w1 = head["proj.w1"] / sigma[None, :]
     return head | {"proj.w1": w1.astype(np.float32), "proj.b1": (head["proj.b1"] - w1 @ mu).astype(np.float32)}
+
+
+def unfold_scaling(head: dict[str, np.ndarray], mu: np.ndarray, sigma: np.ndarray) -> dict[str, np.ndarray]:
+    """The inverse of :func:`fold_scaling`: a trained head whose first layer reads raw features -> the
+    same function of standardized ones (to train it further)."""
+    w1 = head["proj.w1"].astype(np.float64)
+    b1 = head["proj.b1"] + w1 @ mu.astype(np.float64)
+    return head | {"proj.w1": (w1 * sigma[None, :]).astype(np.float32), "proj.b1": b1.astype(np.float32)}
 
 
 def forward(params: dict[str, torch.Tensor], cfg: CriticConfig, data, seq, idx,
@@ -235,32 +312,52 @@ def thurstone_fidelity(probs: torch.Tensor, quality: torch.Tensor) -> torch.Tens
     return (1.0 - torch.sqrt(p_better[better] + 1e-8)).mean()
 
 
-def losses(params, logits: torch.Tensor, hidden: torch.Tensor, seq, idx) -> dict[str, torch.Tensor]:
+def distillation_kl(student: torch.Tensor, teacher: torch.Tensor, allowed: torch.Tensor,
+                    positions: torch.Tensor) -> torch.Tensor:
+    """Mean KL(teacher || student) at temperature DISTILL_TEMPERATURE over the (N,) selected positions
+    of (N, T, V) logits, each over the tokens the grammar allows there; scaled by T^2 (Hinton et al.)
+    so its gradients stay comparable to the cross-entropy's."""
+    t = DISTILL_TEMPERATURE
+    s = student.masked_fill(~allowed, -1e9)[positions] / t
+    p = teacher.masked_fill(~allowed, -1e9)[positions] / t
+    return F.kl_div(s.log_softmax(-1), p.log_softmax(-1), log_target=True, reduction="batchmean") * t * t
+
+
+def losses(params, logits: torch.Tensor, hidden: torch.Tensor, seq, idx,
+           teacher_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     allowed = torch.from_numpy(seq["allowed"][idx])
     target = torch.from_numpy(seq["target"][idx])
+    level_pos = torch.from_numpy(seq["level_pos"][idx])
     masked = logits.masked_fill(~allowed, -1e9)
     ce = F.cross_entropy(masked.reshape(-1, P.VOCAB_SIZE), target.reshape(-1), ignore_index=-100)
-    probs = level_probs(logits, torch.from_numpy(seq["level_pos"][idx]))
+    probs = level_probs(logits, level_pos)
     kl = F.kl_div(torch.log(probs + 1e-9), torch.from_numpy(seq["level_target"][idx]), reduction="batchmean")
     cells = logits.new_zeros(())  # the diagnosis head exists only while the supervised stage trains
-    if "aux.w" in params:
+    cell_target = seq["cell_target"][idx]
+    if "aux.w" in params and (cell_target != -100).any():  # (records from a teacher have no cell labels)
         cell_logits = hidden @ params["aux.w"].T + params["aux.b"]
         cells = F.cross_entropy(cell_logits.reshape(-1, AUX_CLASSES),
-                                torch.from_numpy(seq["cell_target"][idx]).reshape(-1), ignore_index=-100)
+                                torch.from_numpy(cell_target).reshape(-1), ignore_index=-100)
     rank = thurstone_fidelity(probs, torch.from_numpy(seq["quality"][idx]))
-    return {"ce": ce, "kl": kl, "cells": cells, "rank": rank}
+    distill = logits.new_zeros(())
+    if teacher_logits is not None:  # every chosen token, and the verdict read at <stop>
+        chosen = target != -100
+        chosen[torch.arange(len(level_pos)), level_pos] = True  # allowed there: the level tokens
+        distill = distillation_kl(logits, teacher_logits, allowed, chosen)
+    return {"ce": ce, "kl": kl, "cells": cells, "rank": rank, "distill": distill}
 
 
 def total_loss(parts: dict[str, torch.Tensor], w: LossWeights) -> torch.Tensor:
-    return parts["ce"] + w.level * parts["kl"] + w.cells * parts["cells"] + w.rank * parts["rank"]
+    return (parts["ce"] + w.level * parts["kl"] + w.cells * parts["cells"] + w.rank * parts["rank"]
+            + w.distill * parts["distill"])
 
 
-def evaluate(params, cfg, data, seq) -> dict[str, float]:
+def evaluate(params, cfg, data, seq, teacher: Teacher | None = None) -> dict[str, float]:
     """Teacher-forced figures on a held-out split (model selection only; the benchmark runs the real loop)."""
     idx = np.arange(len(seq["tok"]))
     with torch.no_grad():
         logits, hidden = forward(params, cfg, data, seq, idx)
-        parts = losses(params, logits, hidden, seq, idx)
+        parts = losses(params, logits, hidden, seq, idx, teacher.logits(data, seq, idx) if teacher else None)
         pred = level_moments(level_probs(logits, torch.from_numpy(seq["level_pos"])))[0].numpy()
         target = seq["target"]
         is_type = np.isin(target, P.TYPE_IDS)
@@ -273,10 +370,13 @@ def evaluate(params, cfg, data, seq) -> dict[str, float]:
 def train(head: dict[str, np.ndarray], cfg: CriticConfig, data, dev, *, epochs: int, batch: int = 64,
           lr: float = 2e-3, seed: int = 0, weights: LossWeights = LossWeights(),
           trunk: dict[str, np.ndarray] | None = None, dropout: float = FEATURE_DROPOUT,
+          teacher: Teacher | None = None, sequences=build_sequences, folded: bool = False,
           log=print) -> tuple[dict[str, np.ndarray], list[dict]]:
     """Returns the head (scaling folded in; with ``trunk``, the fine-tuned trunk blocks too) of the epoch
     that did best on dev, and the per-epoch log. ``trunk``: the blocks to fine-tune (:func:`finetunable`);
-    ``dropout``: of the standardized visual features."""
+    ``dropout``: of the standardized visual features; ``teacher``: distil from it (weights.distill);
+    ``sequences(data, rng, augment)``: the teacher-forcing arrays (default: oracle trajectories of
+    synthesized samples); ``folded``: ``head`` is a trained head with its feature scaling folded in."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     aux = {"aux.w": (rng.standard_normal((AUX_CLASSES, cfg.d_model)) * 0.02).astype(np.float32),
@@ -284,38 +384,43 @@ def train(head: dict[str, np.ndarray], cfg: CriticConfig, data, dev, *, epochs: 
     trainable = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in (head | aux).items()}
     blocks = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in (trunk or {}).items()}
     mu, sigma = feature_scaling(data)
+    if folded:
+        trainable = trainable | {k: torch.nn.Parameter(torch.from_numpy(v))
+                                 for k, v in unfold_scaling(head, mu, sigma).items() if k.startswith("proj.")}
     params = trainable | blocks | {"feat_mu": torch.from_numpy(mu), "feat_sigma": torch.from_numpy(sigma)}
     groups = [{"params": list(trainable.values()), "lr": lr}]
     if blocks:  # pretrained weights: slower, and no decay towards zero
         groups.append({"params": list(blocks.values()), "lr": lr * TRUNK_LR_SCALE, "weight_decay": 0.0})
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    n = len(data["kinds"])
+    n = len(data["glance"])
     steps = epochs * math.ceil(n / batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps,
                                                 pct_start=0.05)
-    dev_seq = build_sequences(dev, np.random.default_rng(seed), augment=False)
+    dev_seq = sequences(dev, np.random.default_rng(seed), augment=False)
     history, best, best_state = [], -np.inf, None
     t0 = time.time()
     for epoch in range(epochs):
-        seq = build_sequences(data, rng, augment=True)
+        seq = sequences(data, rng, augment=True)
         order = rng.permutation(n)
         tot = 0.0
         for s in range(0, n, batch):
             idx = order[s:s + batch]
-            loss = total_loss(losses(params, *forward(params, cfg, data, seq, idx, dropout), seq, idx),
-                              weights)
+            teacher_logits = teacher.logits(data, seq, idx) if teacher else None
+            loss = total_loss(losses(params, *forward(params, cfg, data, seq, idx, dropout), seq, idx,
+                                     teacher_logits), weights)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_([*trainable.values(), *blocks.values()], 1.0)
             opt.step()
             sched.step()
             tot += loss.item() * len(idx)
-        ev = evaluate(params, cfg, dev, dev_seq)
+        ev = evaluate(params, cfg, dev, dev_seq, teacher)
         rec = {"epoch": epoch + 1, "train_loss": tot / n, **{f"dev_{k}": v for k, v in ev.items()},
                "seconds": round(time.time() - t0, 1)}
         history.append(rec)
         log(json.dumps(rec))
-        score = ev["srcc"] - ev["ce"]  # select on level ranking and trajectory likelihood together
+        srcc = ev["srcc"] if np.isfinite(ev["srcc"]) else 0.0  # undefined when every dev quality is the same
+        score = srcc - ev["ce"]  # select on level ranking and trajectory likelihood together
         if score > best:
             best, best_state = score, {k: v.detach().numpy().copy() for k, v in (trainable | blocks).items()
                                        if not k.startswith("aux.")}

@@ -109,3 +109,46 @@ def test_finetuning_starts_from_the_cached_features_and_trains_the_trunk(weights
     assert not torch.equal(tuned[..., LAST_TAP_FEATURES], cached[..., LAST_TAP_FEATURES])  # really recomputed
     tuned[..., LAST_TAP_FEATURES].square().mean().backward()
     assert float(blocks[FINETUNED_KEY].grad.abs().sum()) > 0
+
+
+def _toy_samples(cfg, n: int, seed: int) -> dict[str, np.ndarray]:
+    """Random features with real oracle labels: enough for one teacher-forced batch."""
+    from export.samples import KIND_NAMES, MAX_DEGS
+
+    rng = np.random.default_rng(seed)
+    kinds = np.full((n, MAX_DEGS), -1, np.int8)
+    kinds[:, 0] = rng.integers(0, len(KIND_NAMES), n)
+    region = np.full((n, MAX_DEGS, 4), -1, np.int8)
+    region[::2, 0] = (0, 0, 2, 2)  # every other sample degraded locally, in the top-left quarter
+    return {"kinds": kinds, "severity": rng.uniform(0.2, 1.0, (n, MAX_DEGS)).astype(np.float32), "region": region,
+            "glance": rng.standard_normal((n, P.GLANCE_TOKENS, cfg.feat_dim)).astype(np.float16),
+            "zooms": rng.standard_normal((n, 6, P.ZOOM_TOKENS, cfg.feat_dim)).astype(np.float16),
+            "zoom_cells": np.array([rng.choice(P.N_CELLS, 6, replace=False) for _ in range(n)], np.int8)}
+
+
+def test_distillation_matches_the_teacher_over_allowed_tokens_only():
+    """The distillation term is zero when the student already speaks like the teacher, ignores tokens
+    the grammar forbids, and otherwise pulls the student's own parameters towards the teacher."""
+    from export.build import critic_config
+    from export.train import Teacher, build_sequences, forward, losses, teacher_config
+    from kernels.model import init_head
+
+    cfg = critic_config()
+    tcfg = teacher_config(cfg)
+    assert tcfg.d_model > cfg.d_model and tcfg.n_layers > cfg.n_layers and tcfg.vocab_size == cfg.vocab_size
+    data = _toy_samples(cfg, 8, 0)
+    seq = build_sequences(data, np.random.default_rng(0), augment=False)
+    idx = np.arange(8)
+    teacher = Teacher.from_head(init_head(tcfg, 1), tcfg)
+    student = {k: torch.nn.Parameter(v) for k, v in Teacher.from_head(init_head(cfg, 2), cfg).params.items()}
+    logits, hidden = forward(student, cfg, data, seq, idx)
+    assert float(losses(student, logits, hidden, seq, idx, logits.detach())["distill"]) == pytest.approx(0, abs=1e-5)
+    forbidden = ~torch.from_numpy(seq["allowed"][idx])
+    noisy = torch.where(forbidden, logits.detach() + 50 * torch.randn_like(logits), logits.detach())
+    assert float(losses(student, logits, hidden, seq, idx, noisy)["distill"]) == pytest.approx(0, abs=1e-5)
+    teacher_logits = teacher.logits(data, seq, idx)
+    assert teacher_logits.shape == logits.shape
+    parts = losses(student, logits, hidden, seq, idx, teacher_logits)
+    assert float(parts["distill"]) > 0.01
+    parts["distill"].backward()
+    assert float(student["dec.output"].grad.abs().sum()) > 0 and float(student["proj.w1"].grad.abs().sum()) > 0
