@@ -13,18 +13,19 @@ from . import __version__, backends, load
 from . import protocol as P
 from .critic import load_ahead
 from .errors import ImageLoadError, QdsError
-from .model_store import available_models, resolve
+from .model_store import available_models, model_folder, resolve
 
 
-def _is_vlm(model: str | None) -> bool:
-    """Whether ``model`` is a folder holding a full-size VLM critic (manifest kind "vlm")."""
-    manifest = Path(model) / "manifest.json" if model else None
-    if manifest is None or not manifest.is_file():
-        return False
+def _vlm_folder(model: str | None) -> Path | None:
+    """The folder of ``model`` if it is a full-size VLM critic (manifest kind "vlm"): a path, or the name
+    of one fetched by `qds models pull`."""
+    root = model_folder(model) if model else None
+    if root is None:
+        return None
     try:
-        return json.loads(manifest.read_text()).get("kind") == "vlm"
+        return root if json.loads((root / "manifest.json").read_text()).get("kind") == "vlm" else None
     except (OSError, ValueError):
-        return False  # the regular loader reports an unreadable manifest
+        return None  # the regular loader reports an unreadable manifest
 
 
 def _fail(err: QdsError) -> None:
@@ -83,13 +84,15 @@ def score(paths: tuple[str, ...], as_json: bool, backend: str, zooms: int, threa
           model: str | None, quant: str | None, gpu_layers: int | None, ctx: int) -> None:
     """Score photos: score 0-100, level, and the top findings with where they are.
 
-    --model also takes a folder holding a full-size VLM critic converted by `python -m export.vlm_convert`.
+    --model also takes a full-size VLM critic: a folder made by `python -m export.vlm_convert`, or the name
+    of one fetched by `qds models pull`.
     """
     def make_critic():
-        if _is_vlm(model):
+        vlm = _vlm_folder(model)
+        if vlm is not None:
             from .vlm import VLMCritic
 
-            return VLMCritic(model, quant=quant, n_gpu_layers=gpu_layers, n_ctx=ctx, n_threads=threads,
+            return VLMCritic(vlm, quant=quant, n_gpu_layers=gpu_layers, n_ctx=ctx, n_threads=threads,
                              max_zooms=zooms)
         return load(model, backend=backend, threads=threads, zooms=zooms)
 

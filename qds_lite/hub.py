@@ -18,9 +18,8 @@ from pathlib import Path
 from . import __version__
 from .atomic import write_text_atomic
 from .errors import ModelError
-from .model_store import MANIFEST_VERSION, sha256_file
+from .model_store import MANIFEST_VERSION, pulled_dir, sha256_file
 from .registry import RemoteCritic, remote_critic
-from .triage_cache import default_path
 from .vlm_protocol import PROTOCOL_VERSION
 
 INSTALL_HINT = "pip install 'qds-lite[hub]'"
@@ -144,7 +143,7 @@ def _write_gguf_manifest(critic: RemoteCritic, snapshot: Path, quant: str | None
         "files": files, "source": {"hf_repo": critic.hf_repo, "revision": snapshot.name},
         "total_size": sum(f["size"] for f in files),
     }
-    out = default_path().parent / "models" / critic.name  # beside the triage cache: $QDS_CACHE_DIR or ~/.cache/qds
+    out = pulled_dir(critic.name)  # $QDS_CACHE_DIR/models/NAME or ~/.cache/qds/models/NAME
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
     return out

@@ -56,6 +56,26 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def cache_dir() -> Path:
+    """qds's own cache folder: $QDS_CACHE_DIR, else $XDG_CACHE_HOME/qds, else ~/.cache/qds."""
+    return Path(os.environ.get("QDS_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "qds"))
+
+
+def pulled_dir(name: str) -> Path:
+    """Where `qds models pull NAME` leaves the manifest of a full-size critic."""
+    return cache_dir() / "models" / name
+
+
+def model_folder(name_or_path: str | os.PathLike) -> Path | None:
+    """The folder holding ``name_or_path``'s manifest.json: the path itself, else a pulled critic of that
+    name; None if neither exists (bundled names are resolved by :func:`resolve`)."""
+    for root in (Path(name_or_path), pulled_dir(str(name_or_path))):
+        if (root / "manifest.json").is_file():
+            return root
+    return None
+
+
 def available_models() -> list[str]:
     """Names of the critics bundled with the package."""
     return sorted(p.parent.name for p in BUNDLED_DIR.glob("*/manifest.json"))

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import QdsError
+from .model_store import cache_dir
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -42,9 +43,7 @@ CREATE TABLE IF NOT EXISTS paths (
 
 
 def default_path() -> Path:
-    root = os.environ.get("QDS_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "qds")
-    return Path(root) / "triage.sqlite3"
+    return cache_dir() / "triage.sqlite3"
 
 
 def options_digest(**options: object) -> str:

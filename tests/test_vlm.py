@@ -191,15 +191,24 @@ def test_every_quantization_scores(tiny_vlm, schema, quant):
 
 
 @pytest.mark.slow
-def test_qds_score_runs_a_vlm_folder(tiny_vlm, schema, tmp_path):
+@pytest.mark.parametrize("by", ["folder", "pulled name"])
+def test_qds_score_runs_a_vlm_folder(tiny_vlm, schema, tmp_path, monkeypatch, by):
     from click.testing import CliRunner
     from PIL import Image
 
     from qds_lite.cli import main
+    from qds_lite.model_store import pulled_dir
 
     photo = tmp_path / "p.png"
     Image.fromarray(pattern()).save(photo)
-    r = CliRunner().invoke(main, ["score", str(photo), "--json", "--model", str(tiny_vlm), "--zooms", "1",
+    model = str(tiny_vlm)
+    if by == "pulled name":  # where `qds models pull NAME` leaves a critic's manifest
+        monkeypatch.setenv("QDS_CACHE_DIR", str(tmp_path / "cache"))
+        pulled_dir("tiny-critic").parent.mkdir(parents=True)
+        pulled_dir("tiny-critic").symlink_to(tiny_vlm, target_is_directory=True)
+        model = "tiny-critic"
+        monkeypatch.chdir(tmp_path)  # no folder of that name here
+    r = CliRunner().invoke(main, ["score", str(photo), "--json", "--model", model, "--zooms", "1",
                                   "--threads", "1", "--ctx", "4096", "--quant", "Q8_0"])
     assert r.exit_code == 0, r.output
     trace = json.loads(r.stdout.splitlines()[-1])
