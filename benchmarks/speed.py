@@ -1,6 +1,7 @@
 """Speed benchmark: `qds score` on a 12 MP JPEG against plain Python, imports and Pillow, in ONE run.
 
     python -m benchmarks.speed [--image PATH] [--repeat N] [--model M] [--threads T] [--out build/bench]
+                               [--no-memory]
 
 Measured, all in the same run (so a busy machine slows the baselines as much as the critic):
 
@@ -11,7 +12,10 @@ Measured, all in the same run (so a busy machine slows the baselines as much as 
 (d) in-process model time per image (glance + zooms, decoding excluded: ``Result.timings_ms["model"]``) for
     each backend that loads here (onnx, numpy, gguf), median of N after one warm-up, and the ratios
     numpy/onnx and gguf/onnx; in-process decode time (``qds_lite.io.load_image``) for reference;
-(e) peak RSS of each whole process above (``os.wait4`` rusage of that very child).
+(e) peak RSS of each whole process above (``os.wait4`` rusage of that very child);
+(f) peak RSS of one ``qds score`` process on a 24 MP and on a 100 MP JPEG (made the same way) against
+    DESIGN.md's budgets (400 MB, 1.5 GB), beside a Pillow process decoding the same file (``--no-memory``
+    skips it).
 
 The processes of (a)-(c) are run round-robin, after one untimed warm-up each (warm disk cache), so that
 background load spreads evenly over them. Without ``--image`` a 12 MP JPEG is made deterministically:
@@ -50,8 +54,8 @@ BACKENDS = ("onnx", "numpy", "gguf")
 # The test image
 
 
-def make_test_jpeg(path: Path) -> Path:
-    """The deterministic 12 MP test JPEG (kept when it already exists: same input, same bytes)."""
+def make_test_jpeg(path: Path, size: tuple[int, int] = SYNTH_SIZE) -> Path:
+    """The deterministic test JPEG (12 MP by default; kept when it already exists: same input, same bytes)."""
     if path.is_file():
         return path
     from PIL import Image
@@ -66,7 +70,7 @@ def make_test_jpeg(path: Path) -> Path:
         return (h > w, -(w * h), p.as_posix())
 
     src = min(pristine_photos("test"), key=key)
-    upscaled_jpeg(src, path)
+    upscaled_jpeg(src, path, size)
     return path
 
 
@@ -188,6 +192,28 @@ def measure_processes(cmds: dict[str, list[str]], repeat: int) -> dict:
     return out
 
 
+# DESIGN.md section 8: peak memory scoring a 24 MP JPEG and a 100 MP image.
+MEMORY_CASES = (("24mp", (6000, 4000), 400.0), ("100mp", (12500, 8000), 1500.0))  # name, size, budget MB
+
+
+def measure_memory(out: Path, model: str | None) -> dict:
+    """Peak RSS of one ``qds score`` process on each MEMORY_CASES JPEG (made like the 12 MP one), beside a
+    Pillow process that only decodes the same file."""
+    result = {}
+    for name, size, budget in MEMORY_CASES:
+        image = make_test_jpeg(out / f"memory_{name}.jpg", size)
+        cmds = process_commands(image, model)
+        runs = {k: run_process(cmds[k]) for k in ("pillow_decode", "qds_score")}
+        for k, r in runs.items():
+            if r["rc"] != 0:
+                raise RuntimeError(f"{shlex.join(cmds[k])} failed (exit {r['rc']}):\n{r['stderr'][-2000:]}")
+        result[name] = {"size": list(size), "megapixels": round(size[0] * size[1] / 1e6, 1), "budget_mb": budget,
+                        "qds_score_rss_mb": runs["qds_score"]["rss_mb"], "qds_score_s": runs["qds_score"]["wall_s"],
+                        "pillow_decode_rss_mb": runs["pillow_decode"]["rss_mb"]}
+        print(f"speed: memory {name} measured", file=sys.stderr)
+    return result
+
+
 # ------------------------------------------------------------------------------------------------
 # In-process model time
 
@@ -236,7 +262,7 @@ def _f(v, fmt: str) -> str:
     return "n/a" if v is None else format(v, fmt)
 
 
-def build_tables(proc: dict, models: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
+def build_tables(proc: dict, models: dict, memory: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
     p_rows = [[PROCESS_LABELS[k], _f(v["median_s"], ".3f"), _f(v["min_s"], ".3f"), _f(v["peak_rss_mb"], ".0f")]
               for k, v in proc.items()]
     q, dec, imp, start = (proc[k] for k in ("qds_score", "pillow_decode", "imports", "python_startup"))
@@ -261,12 +287,18 @@ def build_tables(proc: dict, models: dict) -> dict[str, tuple[list[str], list[li
                        _f(m["score"], ".2f"), _f(diff, ".2f")])
     m_rows.append(["(in-process decode, load_image)", _f(models["_decode"]["median_ms"], ".1f"),
                    _f(models["_decode"]["min_ms"], ".1f"), "", "", ""])
-    return {
+    mem_rows = [[f"{m['size'][0]}x{m['size'][1]} JPEG ({m['megapixels']:g} MP)", _f(m["qds_score_rss_mb"], ".0f"),
+                 _f(m["pillow_decode_rss_mb"], ".0f"), _f(m["budget_mb"], ".0f")] for m in memory.values()]
+    tables = {
         "processes": (["whole process", "median s", "min s", "peak RSS MB"], p_rows),
         "ratios": (["ratio (same run)", "value"], r_rows),
         "models": (["backend (in-process)", "model ms median", "min", "x onnx", "score", "abs diff vs numpy"],
                    m_rows),
     }
+    if mem_rows:
+        tables["memory"] = (["peak memory, one run", "qds score RSS MB", "Pillow decode RSS MB", "budget MB"],
+                            mem_rows)
+    return tables
 
 
 def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -354,10 +386,15 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(f"speed: {e}", file=sys.stderr)
         return 1
     models, skipped = measure_models(image, model, args.threads, args.repeat)
+    try:
+        memory = {} if args.no_memory else measure_memory(out, model)
+    except RuntimeError as e:
+        print(f"speed: {e}", file=sys.stderr)
+        return 1
     finished = _dt.datetime.now(_dt.timezone.utc)
     load_end = _loadavg()
 
-    tables = build_tables(proc, models)
+    tables = build_tables(proc, models, memory)
     for header, rows in tables.values():
         print(text_table(header, rows))
         print()
@@ -377,7 +414,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "started": started.isoformat(), "finished": finished.isoformat(),
         "loadavg_start": load_start, "loadavg_end": load_end,
         "image": img_info, "model": model_info, "repeat": args.repeat, "threads": args.threads,
-        "processes": proc, "models": models, "skipped_backends": skipped, "ratios": ratios,
+        "processes": proc, "models": models, "memory": memory, "skipped_backends": skipped, "ratios": ratios,
         "environment": _environment(),
     }
     (out / "speed.json").write_text(json.dumps(doc, indent=1) + "\n")
@@ -412,6 +449,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="critic name or folder (default: the bundled qds-small-v1, else build/tmpmodel)")
     p.add_argument("--threads", type=int, default=None, help="threads for the in-process backends (default: theirs)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default: %(default)s)")
+    p.add_argument("--no-memory", action="store_true",
+                   help="skip the peak-memory runs on a 24 MP and a 100 MP JPEG (DESIGN.md section 8)")
     return p
 
 

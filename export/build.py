@@ -182,6 +182,8 @@ def main() -> None:
     ap.add_argument("--teacher-epochs", type=int, default=4)
     ap.add_argument("--distill-weight", type=float, default=LossWeights.distill,
                     help="weight of matching the teacher's distributions (with --teacher)")
+    ap.add_argument("--distill-on", choices=("all", "verdict"), default=LossWeights.distill_on,
+                    help="match the teacher at every chosen token and the verdict, or at the verdict only")
     ap.add_argument("--rl-epochs", type=int, default=0, help="epochs of the GRPO stage after the supervised one "
                     "(export/rl.py; 0: none)")
     ap.add_argument("--rl-samples", type=int, default=2048, help="training samples per GRPO epoch")
@@ -204,7 +206,8 @@ def main() -> None:
     print(f"samples: train {len(data['kinds'])}, dev {len(dev['kinds'])}", flush=True)
 
     cfg = critic_config()
-    weights = LossWeights(cells=a.cells_weight, rank=a.rank_weight, distill=a.distill_weight if a.teacher else 0.0)
+    weights = LossWeights(cells=a.cells_weight, rank=a.rank_weight, distill=a.distill_weight if a.teacher else 0.0,
+                          distill_on=a.distill_on)
     settings = {"seed": SEED, "epochs": a.epochs, "variants": a.variants, "batches": a.batches,
                 "loss_weights": asdict(weights), "config": cfg.to_dict(),
                 "finetune_from": FINETUNE_FROM if a.finetune else None, "feature_dropout": a.feature_dropout}
@@ -212,11 +215,11 @@ def main() -> None:
     if a.teacher:
         tcfg = teacher_config(cfg)
         tsettings = settings | {"epochs": a.teacher_epochs, "config": tcfg.to_dict(), "finetune_from": None,
-                                "loss_weights": asdict(replace(weights, distill=0.0))}
+                                "loss_weights": asdict(replace(weights, distill=0.0, distill_on="all"))}
         thead, thistory, tminutes, treused = cached_stage(
             a.work / "teacher", tsettings, a.retrain,
             lambda: train(init_head(tcfg, SEED), tcfg, data, dev, epochs=a.teacher_epochs, seed=SEED,
-                          weights=replace(weights, distill=0.0), dropout=a.feature_dropout))
+                          weights=replace(weights, distill=0.0, distill_on="all"), dropout=a.feature_dropout))
         teacher = Teacher.from_head(thead, tcfg)
         export_all(trunk | round_to_half(thead), tcfg, a.work / "teacher-critic", a.work,
                    {"command": "python -m export.build --teacher", **tsettings, "history": thistory,

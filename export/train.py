@@ -110,6 +110,7 @@ class LossWeights:
     cells: float = 0.5  # per-cell diagnosis
     rank: float = 0.0  # Thurstone fidelity across images
     distill: float = 1.0  # matching the teacher's distributions (only when training with a teacher)
+    distill_on: str = "all"  # where: "all" chosen tokens and the verdict, or the "verdict" only
 
 
 def allowed_mask(grammar: P.Grammar) -> np.ndarray:
@@ -339,17 +340,18 @@ def losses(params, logits: torch.Tensor, hidden: torch.Tensor, seq, idx,
         cells = F.cross_entropy(cell_logits.reshape(-1, AUX_CLASSES),
                                 torch.from_numpy(cell_target).reshape(-1), ignore_index=-100)
     rank = thurstone_fidelity(probs, torch.from_numpy(seq["quality"][idx]))
-    distill = logits.new_zeros(())
+    distill = verdict = logits.new_zeros(())
     if teacher_logits is not None:  # every chosen token, and the verdict read at <stop>
-        chosen = target != -100
-        chosen[torch.arange(len(level_pos)), level_pos] = True  # allowed there: the level tokens
-        distill = distillation_kl(logits, teacher_logits, allowed, chosen)
-    return {"ce": ce, "kl": kl, "cells": cells, "rank": rank, "distill": distill}
+        at_level = torch.zeros_like(target, dtype=torch.bool)
+        at_level[torch.arange(len(level_pos)), level_pos] = True  # allowed there: the level tokens
+        distill = distillation_kl(logits, teacher_logits, allowed, (target != -100) | at_level)
+        verdict = distillation_kl(logits, teacher_logits, allowed, at_level)
+    return {"ce": ce, "kl": kl, "cells": cells, "rank": rank, "distill": distill, "distill_verdict": verdict}
 
 
 def total_loss(parts: dict[str, torch.Tensor], w: LossWeights) -> torch.Tensor:
-    return (parts["ce"] + w.level * parts["kl"] + w.cells * parts["cells"] + w.rank * parts["rank"]
-            + w.distill * parts["distill"])
+    distill = parts["distill"] if w.distill_on == "all" else parts["distill_verdict"]
+    return parts["ce"] + w.level * parts["kl"] + w.cells * parts["cells"] + w.rank * parts["rank"] + w.distill * distill
 
 
 def evaluate(params, cfg, data, seq, teacher: Teacher | None = None) -> dict[str, float]:

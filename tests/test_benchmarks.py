@@ -260,3 +260,17 @@ def test_compare_benchmark_pairs_and_accuracy():
     for r, p in zip(records, ([0, 0, 0, 0, 1], [1, 0, 0, 0, 0], [0, 0, 0, 1, 0], [1, 0, 0, 0, 0])):
         r["level_probs"] = {"good": p}
     assert C.brier(records, same, "good") < 0.01  # confident and right
+
+
+def test_speed_tables_show_peak_memory_against_the_budgets():
+    speed = importlib.import_module("benchmarks.speed")
+    proc = {k: {"median_s": 0.2, "min_s": 0.1, "peak_rss_mb": 50.0} for k in speed.PROCESS_LABELS}
+    models = {"onnx": {"median_ms": 40.0, "min_ms": 38.0, "score": 50.0},
+              "_decode": {"median_ms": 70.0, "min_ms": 60.0}}
+    memory = {name: {"size": list(size), "megapixels": round(size[0] * size[1] / 1e6, 1), "budget_mb": budget,
+                     "qds_score_rss_mb": 123.4, "pillow_decode_rss_mb": 99.0}
+              for name, size, budget in speed.MEMORY_CASES}
+    header, rows = speed.build_tables(proc, models, memory)["memory"]
+    assert header[1:] == ["qds score RSS MB", "Pillow decode RSS MB", "budget MB"]
+    assert rows == [["6000x4000 JPEG (24 MP)", "123", "99", "400"], ["12500x8000 JPEG (100 MP)", "123", "99", "1500"]]
+    assert "memory" not in speed.build_tables(proc, models, {})  # --no-memory

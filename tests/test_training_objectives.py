@@ -149,6 +149,11 @@ def test_distillation_matches_the_teacher_over_allowed_tokens_only():
     teacher_logits = teacher.logits(data, seq, idx)
     assert teacher_logits.shape == logits.shape
     parts = losses(student, logits, hidden, seq, idx, teacher_logits)
-    assert float(parts["distill"]) > 0.01
+    assert float(parts["distill"]) > 0.01 and float(parts["distill_verdict"]) > 0.01
+    at_verdict = (torch.arange(8), torch.from_numpy(seq["level_pos"]))
+    agrees_there = teacher_logits.clone()
+    agrees_there[at_verdict] = logits.detach()[at_verdict]  # the teacher agrees at the verdict only
+    verdict_only = losses(student, logits, hidden, seq, idx, agrees_there)["distill_verdict"]
+    assert float(verdict_only) == pytest.approx(0, abs=1e-5)
     parts["distill"].backward()
     assert float(student["dec.output"].grad.abs().sum()) > 0 and float(student["proj.w1"].grad.abs().sum()) > 0
