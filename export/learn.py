@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 from pathlib import Path
 
@@ -129,9 +128,10 @@ def split_dev(records: list[dict], share: float) -> tuple[list[int], list[int]]:
 
 def learn(records_path: Path, images: Path, out: Path, *, model: str | None = None, epochs: int = 3,
           lr: float = FINETUNE_LR, dev_share: float = 0.1, work: Path = Path("build/learn"), seed: int = 0,
-          quiet: bool = False) -> dict:
+          quiet: bool = False, log=print) -> dict:
     """Fine-tune ``model`` (default: the bundled critic) on the records and export it to ``out``;
-    returns the training summary that the manifest records."""
+    returns the training summary that the manifest records. ``log`` gets one JSON line per epoch (its
+    held-out figures)."""
     from export.build import export_all
 
     records = load_records(records_path)
@@ -151,7 +151,7 @@ def learn(records_path: Path, images: Path, out: Path, *, model: str | None = No
     torch.manual_seed(seed)
     trained, history = train(head, cfg, {k: v[tr] for k, v in data.items()}, {k: v[dev] for k, v in data.items()},
                              epochs=epochs, lr=lr, seed=seed, weights=LossWeights(cells=0.0),
-                             sequences=record_sequences, folded=True, log=lambda s: None)
+                             sequences=record_sequences, folded=True, log=log)
     summary = {"command": "python -m export.learn", "records": str(records_path), "from": files.root.name,
                "from_sha256": files.sha256, "epochs": epochs, "lr": lr, "seed": seed,
                "records_used": {"train": len(tr), "dev": len(dev) if dev != tr else 0},
@@ -177,13 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         s = learn(a.records, a.images, a.out, model=a.model, epochs=a.epochs, lr=a.lr, dev_share=a.dev_share,
-                  work=a.work, seed=a.seed)
+                  work=a.work, seed=a.seed, log=lambda line: print(f"learn: epoch {line}", file=sys.stderr))
     except (ValueError, OSError) as e:
         print(f"learn: {e}", file=sys.stderr)
         return 2
-    for h in s["history"]:  # per epoch: how well the critic reproduces the held-out records
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()}))
-    print(f"learned from {s['records_used']['train']} records ({s['records_skipped']} skipped); wrote {a.out}")
+    best = next(h for h in s["history"] if h.get("selected"))
+    print(f"learned from {s['records_used']['train']} records ({s['records_skipped']} skipped); kept epoch "
+          f"{best['epoch']} (held-out token loss {best['dev_ce']:.3f}, level KL {best['dev_kl']:.3f}); wrote {a.out}")
     return 0
 
 

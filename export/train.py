@@ -424,6 +424,8 @@ def train(head: dict[str, np.ndarray], cfg: CriticConfig, data, dev, *, epochs: 
         srcc = ev["srcc"] if np.isfinite(ev["srcc"]) else 0.0  # undefined when every dev quality is the same
         score = srcc - ev["ce"]  # select on level ranking and trajectory likelihood together
         if score > best:
-            best, best_state = score, {k: v.detach().numpy().copy() for k, v in (trainable | blocks).items()
-                                       if not k.startswith("aux.")}
+            best, best_epoch = score, epoch
+            best_state = {k: v.detach().numpy().copy() for k, v in (trainable | blocks).items()
+                          if not k.startswith("aux.")}
+    history[best_epoch]["selected"] = True  # the epoch whose head is returned
     return fold_scaling(best_state, mu, sigma), history

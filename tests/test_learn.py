@@ -80,7 +80,9 @@ def test_learned_critic_says_what_the_teacher_said(records, tmp_path, capsys):
     assert (before.level, [f.type for f in before.findings][:1]) != ("excellent", ["banding"])
     assert L.main(["--records", str(path), "--images", str(images), "--out", str(tmp_path / "critic"),
                    "--work", str(tmp_path / "work"), "--epochs", "30", "--lr", "3e-3"]) == 0
-    assert "learned from 10 records (0 skipped)" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "learned from 10 records (0 skipped); kept epoch" in said.out
+    assert said.err.count("learn: epoch {") == 30  # progress: the held-out figures of every epoch
     critic = load(tmp_path / "critic", backend="onnx")
     for p in (photo, images / f"{SAMPLES[-1].stem}_flip.png"):
         r = critic.score(p)

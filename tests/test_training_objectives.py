@@ -142,18 +142,19 @@ def test_distillation_matches_the_teacher_over_allowed_tokens_only():
     teacher = Teacher.from_head(init_head(tcfg, 1), tcfg)
     student = {k: torch.nn.Parameter(v) for k, v in Teacher.from_head(init_head(cfg, 2), cfg).params.items()}
     logits, hidden = forward(student, cfg, data, seq, idx)
-    assert float(losses(student, logits, hidden, seq, idx, logits.detach())["distill"]) == pytest.approx(0, abs=1e-5)
+    same = losses(student, logits, hidden, seq, idx, logits.detach())["distill"]
+    assert float(same.detach()) == pytest.approx(0, abs=1e-5)
     forbidden = ~torch.from_numpy(seq["allowed"][idx])
     noisy = torch.where(forbidden, logits.detach() + 50 * torch.randn_like(logits), logits.detach())
-    assert float(losses(student, logits, hidden, seq, idx, noisy)["distill"]) == pytest.approx(0, abs=1e-5)
+    assert float(losses(student, logits, hidden, seq, idx, noisy)["distill"].detach()) == pytest.approx(0, abs=1e-5)
     teacher_logits = teacher.logits(data, seq, idx)
     assert teacher_logits.shape == logits.shape
     parts = losses(student, logits, hidden, seq, idx, teacher_logits)
-    assert float(parts["distill"]) > 0.01 and float(parts["distill_verdict"]) > 0.01
+    assert float(parts["distill"].detach()) > 0.01 and float(parts["distill_verdict"].detach()) > 0.01
     at_verdict = (torch.arange(8), torch.from_numpy(seq["level_pos"]))
     agrees_there = teacher_logits.clone()
     agrees_there[at_verdict] = logits.detach()[at_verdict]  # the teacher agrees at the verdict only
     verdict_only = losses(student, logits, hidden, seq, idx, agrees_there)["distill_verdict"]
-    assert float(verdict_only) == pytest.approx(0, abs=1e-5)
+    assert float(verdict_only.detach()) == pytest.approx(0, abs=1e-5)
     parts["distill"].backward()
     assert float(student["dec.output"].grad.abs().sum()) > 0 and float(student["proj.w1"].grad.abs().sum()) > 0
