@@ -274,3 +274,13 @@ def test_speed_tables_show_peak_memory_against_the_budgets():
     assert header[1:] == ["qds score RSS MB", "Pillow decode RSS MB", "budget MB"]
     assert rows == [["6000x4000 JPEG (24 MP)", "123", "99", "400"], ["12500x8000 JPEG (100 MP)", "123", "99", "1500"]]
     assert "memory" not in speed.build_tables(proc, models, {})  # --no-memory
+
+
+def test_more_local_items_keep_the_first_and_add_new_regions():
+    kinds = ("gaussian_blur", "jpeg")
+    one = [i for i in acc.build_items("x/photo.jpg", kinds, (0.5,), seed=0, grid=4) if i.set == "local"]
+    three = [i for i in acc.build_items("x/photo.jpg", kinds, (0.5,), seed=0, grid=4, local_per_kind=3)
+             if i.set == "local"]
+    assert len(three) == 3 * len(kinds)
+    assert [i for i in three if i.seed in {o.seed for o in one}] == one  # the default test is unchanged
+    assert len({i.seed for i in three}) == len(three)
