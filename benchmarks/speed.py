@@ -168,19 +168,22 @@ PROCESS_LABELS = {
 }
 
 
+def run_checked(cmd: Sequence[str]) -> dict:
+    """:func:`run_process`, raising RuntimeError with the command and the end of its stderr if it fails."""
+    r = run_process(cmd)
+    if r["rc"] != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} failed (exit {r['rc']}):\n{r['stderr'][-2000:]}")
+    return r
+
+
 def measure_processes(cmds: dict[str, list[str]], repeat: int) -> dict:
     """Warm up each command once, then run them round-robin ``repeat`` times."""
     runs: dict[str, list[dict]] = {k: [] for k in cmds}
     for cmd in cmds.values():
-        r = run_process(cmd)
-        if r["rc"] != 0:
-            raise RuntimeError(f"{shlex.join(cmd)} failed (exit {r['rc']}):\n{r['stderr'][-2000:]}")
+        run_checked(cmd)
     for i in range(repeat):
         for name, cmd in cmds.items():
-            r = run_process(cmd)
-            if r["rc"] != 0:
-                raise RuntimeError(f"{shlex.join(cmd)} failed (exit {r['rc']}):\n{r['stderr'][-2000:]}")
-            runs[name].append(r)
+            runs[name].append(run_checked(cmd))
         print(f"speed: whole-process round {i + 1}/{repeat}", file=sys.stderr)
     out = {}
     for name, rs in runs.items():
@@ -203,10 +206,7 @@ def measure_memory(out: Path, model: str | None) -> dict:
     for name, size, budget in MEMORY_CASES:
         image = make_test_jpeg(out / f"memory_{name}.jpg", size)
         cmds = process_commands(image, model)
-        runs = {k: run_process(cmds[k]) for k in ("pillow_decode", "qds_score")}
-        for k, r in runs.items():
-            if r["rc"] != 0:
-                raise RuntimeError(f"{shlex.join(cmds[k])} failed (exit {r['rc']}):\n{r['stderr'][-2000:]}")
+        runs = {k: run_checked(cmds[k]) for k in ("pillow_decode", "qds_score")}
         result[name] = {"size": list(size), "megapixels": round(size[0] * size[1] / 1e6, 1), "budget_mb": budget,
                         "qds_score_rss_mb": runs["qds_score"]["rss_mb"], "qds_score_s": runs["qds_score"]["wall_s"],
                         "pillow_decode_rss_mb": runs["pillow_decode"]["rss_mb"]}

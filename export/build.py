@@ -96,6 +96,11 @@ def calibration_views(data_split: str, n: int, seed: int) -> list[np.ndarray]:
         rgb = np.asarray(Image.open(path).convert("RGB"))
         views.append(glance_view(rgb))
         views += [zoom_window(rgb, int(c))[0] for c in rng.choice(P.N_CELLS, 3, replace=False)]
+    return encoder_inputs(views)
+
+
+def encoder_inputs(views: list[np.ndarray]) -> list[np.ndarray]:
+    """HxWx3 uint8 views -> 3xHxW float32 in [0, 1], as the encoder graph takes them (sizes may differ)."""
     return [v.astype(np.float32).transpose(2, 0, 1) / 255.0 for v in views]
 
 
@@ -214,12 +219,13 @@ def main() -> None:
     teacher = None
     if a.teacher:
         tcfg = teacher_config(cfg)
+        tweights = replace(weights, distill=0.0, distill_on="all")  # the teacher learns from the oracle alone
         tsettings = settings | {"epochs": a.teacher_epochs, "config": tcfg.to_dict(), "finetune_from": None,
-                                "loss_weights": asdict(replace(weights, distill=0.0, distill_on="all"))}
+                                "loss_weights": asdict(tweights)}
         thead, thistory, tminutes, treused = cached_stage(
             a.work / "teacher", tsettings, a.retrain,
             lambda: train(init_head(tcfg, SEED), tcfg, data, dev, epochs=a.teacher_epochs, seed=SEED,
-                          weights=replace(weights, distill=0.0, distill_on="all"), dropout=a.feature_dropout))
+                          weights=tweights, dropout=a.feature_dropout))
         teacher = Teacher.from_head(thead, tcfg)
         export_all(trunk | round_to_half(thead), tcfg, a.work / "teacher-critic", a.work,
                    {"command": "python -m export.build --teacher", **tsettings, "history": thistory,

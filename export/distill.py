@@ -182,21 +182,17 @@ def distill(teacher: VLMCritic, images: str | Path, out: str | Path, *, limit: i
                     tried += 1
                     if record is None:
                         failed += 1
-                        _say(progress, f"distill: {photo.path.relative_to(root).as_posix()}: {photo.error}")
+                        progress.say(f"distill: {photo.path.relative_to(root).as_posix()}: {photo.error}")
                     else:
                         f.write(json.dumps(record) + "\n")
                         f.flush()
                     advance(photo)
             except KeyboardInterrupt:
                 interrupted = True
-                _say(progress, f"distill: interrupted; keeping the {tried - failed} records written")
+                progress.say(f"distill: interrupted; keeping the {tried - failed} records written")
     finally:
         progress.close()
     return Summary(tried, failed, time.perf_counter() - t0, interrupted)
-
-
-def _say(progress: Progress, line: str) -> None:
-    (progress.bar.write if progress.bar is not None else print)(line, file=sys.stderr)
 
 
 def _records(teacher: VLMCritic, root: Path, photos: list[Photo], decoding: dict

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from export.build import encoder_inputs, export_all
 from export.distill import load_records
 from export.onnx_export import export_trunk
 from export.samples import TrunkRunner
@@ -56,11 +57,11 @@ def record_features(records: list[dict], images: Path, trunk: TrunkRunner, quiet
         path = images / r["image"]
         try:
             if sha256_file(path) != r["sha256"]:
-                warn(progress, f"learn: {r['image']}: changed since the teacher saw it (sha256 differs); skipped")
+                progress.say(f"learn: {r['image']}: changed since the teacher saw it (sha256 differs); skipped")
                 continue
             loaded = load_image(path)
         except (OSError, QdsError) as e:
-            warn(progress, f"learn: {r['image']}: {getattr(e, 'message', None) or e}; skipped")
+            progress.say(f"learn: {r['image']}: {getattr(e, 'message', None) or e}; skipped")
             continue
         finally:
             advance(r["image"])
@@ -83,12 +84,7 @@ def record_features(records: list[dict], images: Path, trunk: TrunkRunner, quiet
 def check_views(path: Path, cells: list[int]) -> list[np.ndarray]:
     """The glance and the zoom windows of one photo, as the exporters check the encoder on them."""
     loaded = load_image(path)
-    views = [loaded.glance] + [zoom_window(loaded.full, c)[0] for c in cells]
-    return [v.astype(np.float32).transpose(2, 0, 1) / 255.0 for v in views]
-
-
-def warn(progress: Progress, line: str) -> None:
-    (progress.bar.write if progress.bar is not None else print)(line, file=sys.stderr)
+    return encoder_inputs([loaded.glance] + [zoom_window(loaded.full, c)[0] for c in cells])
 
 
 def record_sequences(data: dict[str, np.ndarray], rng: np.random.Generator, augment: bool) -> dict[str, np.ndarray]:
@@ -132,8 +128,6 @@ def learn(records_path: Path, images: Path, out: Path, *, model: str | None = No
     """Fine-tune ``model`` (default: the bundled critic) on the records and export it to ``out``;
     returns the training summary that the manifest records. ``log`` gets one JSON line per epoch (its
     held-out figures)."""
-    from export.build import export_all
-
     records = load_records(records_path)
     if not records:
         raise ValueError(f"{records_path}: no records")

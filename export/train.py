@@ -313,14 +313,12 @@ def thurstone_fidelity(probs: torch.Tensor, quality: torch.Tensor) -> torch.Tens
     return (1.0 - torch.sqrt(p_better[better] + 1e-8)).mean()
 
 
-def distillation_kl(student: torch.Tensor, teacher: torch.Tensor, allowed: torch.Tensor,
-                    positions: torch.Tensor) -> torch.Tensor:
-    """Mean KL(teacher || student) at temperature DISTILL_TEMPERATURE over the (N,) selected positions
-    of (N, T, V) logits, each over the tokens the grammar allows there; scaled by T^2 (Hinton et al.)
-    so its gradients stay comparable to the cross-entropy's."""
+def distillation_kl(student: torch.Tensor, teacher: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Mean KL(teacher || student) at temperature DISTILL_TEMPERATURE over the selected positions of
+    (N, T, V) logits already masked to the tokens the grammar allows; scaled by T^2 (Hinton et al.) so
+    its gradients stay comparable to the cross-entropy's."""
     t = DISTILL_TEMPERATURE
-    s = student.masked_fill(~allowed, -1e9)[positions] / t
-    p = teacher.masked_fill(~allowed, -1e9)[positions] / t
+    s, p = student[positions] / t, teacher[positions] / t
     return F.kl_div(s.log_softmax(-1), p.log_softmax(-1), log_target=True, reduction="batchmean") * t * t
 
 
@@ -344,8 +342,9 @@ def losses(params, logits: torch.Tensor, hidden: torch.Tensor, seq, idx,
     if teacher_logits is not None:  # every chosen token, and the verdict read at <stop>
         at_level = torch.zeros_like(target, dtype=torch.bool)
         at_level[torch.arange(len(level_pos)), level_pos] = True  # allowed there: the level tokens
-        distill = distillation_kl(logits, teacher_logits, allowed, (target != -100) | at_level)
-        verdict = distillation_kl(logits, teacher_logits, allowed, at_level)
+        teacher_masked = teacher_logits.masked_fill(~allowed, -1e9)
+        distill = distillation_kl(masked, teacher_masked, (target != -100) | at_level)
+        verdict = distillation_kl(masked, teacher_masked, at_level)
     return {"ce": ce, "kl": kl, "cells": cells, "rank": rank, "distill": distill, "distill_verdict": verdict}
 
 
@@ -383,12 +382,11 @@ def train(head: dict[str, np.ndarray], cfg: CriticConfig, data, dev, *, epochs: 
     rng = np.random.default_rng(seed)
     aux = {"aux.w": (rng.standard_normal((AUX_CLASSES, cfg.d_model)) * 0.02).astype(np.float32),
            "aux.b": np.zeros(AUX_CLASSES, np.float32)}  # training only: dropped from the shipped head
-    trainable = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in (head | aux).items()}
-    blocks = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in (trunk or {}).items()}
     mu, sigma = feature_scaling(data)
     if folded:
-        trainable = trainable | {k: torch.nn.Parameter(torch.from_numpy(v))
-                                 for k, v in unfold_scaling(head, mu, sigma).items() if k.startswith("proj.")}
+        head = unfold_scaling(head, mu, sigma)
+    trainable = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in (head | aux).items()}
+    blocks = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in (trunk or {}).items()}
     params = trainable | blocks | {"feat_mu": torch.from_numpy(mu), "feat_sigma": torch.from_numpy(sigma)}
     groups = [{"params": list(trainable.values()), "lr": lr}]
     if blocks:  # pretrained weights: slower, and no decay towards zero

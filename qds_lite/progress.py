@@ -29,6 +29,10 @@ class Progress:
             self.bar.set_postfix(failed=self.failed, refresh=False)
         self.bar.update(1)
 
+    def say(self, line: str) -> None:
+        """One line on stderr, above the bar when there is one (so the bar is not broken up)."""
+        (self.bar.write if self.bar is not None else print)(line, file=sys.stderr)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
