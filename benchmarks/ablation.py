@@ -21,7 +21,7 @@ def column(report: dict) -> dict[tuple[str, str], float]:
     """The first critic method's figures of one accuracy report, keyed like SUMMARY_ROWS."""
     method = next(m for m in report["methods"] if m.startswith(CRITIC_PREFIX))
     res = report["results"][method]
-    return {(section, key): res[section][key] for section, key, _ in SUMMARY_ROWS if section in res}
+    return {(section, key): res[section][key] for section, key, _ in SUMMARY_ROWS if key in res.get(section, {})}
 
 
 def table(variants: Sequence[tuple[str, dict]]) -> str:

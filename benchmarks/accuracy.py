@@ -213,10 +213,16 @@ def top_finding(findings: Sequence[dict]) -> dict | None:
     return best
 
 
+def zoomed_on(zooms: Sequence[Sequence[float]], box: Sequence[float]) -> bool:
+    """Whether the centre of any zoom box (the cell the critic chose) lies inside ``box``."""
+    return any(box[0] <= (z[0] + z[2]) / 2 < box[2] and box[1] <= (z[1] + z[3]) / 2 < box[3] for z in zooms)
+
+
 def localisation(records: Sequence[dict], method: str, grid: int) -> dict:
     """Localisation figures of one critic method over local-set records (each with ``kind``, ``finding``
-    (the expected finding type), ``region`` and ``findings[method]`` = list of {type, severity, box})."""
-    type_hits, any_type, iou_hits, ious = [], [], [], []
+    (the expected finding type), ``region``, ``findings[method]`` = list of {type, severity, box} and
+    ``zooms[method]`` = the boxes it zoomed into)."""
+    type_hits, any_type, iou_hits, ious, zoom_hits = [], [], [], [], []
     for r in records:
         found = r["findings"][method]
         top = top_finding(found)
@@ -226,12 +232,20 @@ def localisation(records: Sequence[dict], method: str, grid: int) -> dict:
         best = max((box_iou(f["box"], truth) for f in found), default=0.0)
         ious.append(best)
         iou_hits.append(best >= IOU_HIT - TOL)
+        zoom_hits.append(zoomed_on(r.get("zooms", {}).get(method, []), truth))
     n = len(records)
     if n == 0:
         return {"n": 0, "type_top1": float("nan"), "type_any": float("nan"), "iou_hit": float("nan"),
-                "mean_iou": float("nan")}
+                "mean_iou": float("nan"), "zoom_hit": float("nan")}
     return {"n": n, "type_top1": float(np.mean(type_hits)), "type_any": float(np.mean(any_type)),
-            "iou_hit": float(np.mean(iou_hits)), "mean_iou": float(np.mean(ious))}
+            "iou_hit": float(np.mean(iou_hits)), "mean_iou": float(np.mean(ious)),
+            "zoom_hit": float(np.mean(zoom_hits))}
+
+
+def clean_flagged(records: Sequence[dict], method: str) -> float:
+    """Share of the pristine images (global set, no degradation) given at least one finding."""
+    clean = [r for r in records if r["set"] == "global" and r["kind"] is None]
+    return float(np.mean([bool(r["findings"][method]) for r in clean])) if clean else float("nan")
 
 
 def _nanmean(values: Iterable[float]) -> float:
@@ -478,7 +492,7 @@ def score_all(photos: Sequence[Path], root: Path, critics: dict, baselines: Sequ
                     img = synth.apply(base, [synth.Degradation(it.kind, it.severity, it.region, it.seed)])
                 rec = {"photo": it.photo, "set": it.set, "kind": it.kind, "finding": synth.KINDS.get(it.kind or ""),
                        "severity": it.severity, "region": list(it.region) if it.region else None,
-                       "seed": it.seed, "scores": {}, "findings": {}, "level_probs": {}}
+                       "seed": it.seed, "scores": {}, "findings": {}, "zooms": {}, "level_probs": {}}
                 loaded = load_image(img)
                 for name, critic in critics.items():
                     t = time.perf_counter()
@@ -486,6 +500,7 @@ def score_all(photos: Sequence[Path], root: Path, critics: dict, baselines: Sequ
                     seconds[name].append(time.perf_counter() - t)
                     rec["scores"][name] = float(r.score)
                     rec["findings"][name] = _finding_dicts(r)
+                    rec["zooms"][name] = [[float(v) for v in st["box"]] for st in r.steps if st["tool"] == "zoom"]
                     rec["level_probs"][name] = [round(float(p), 5) for p in r.level_probs]
                 if it.set == "global":
                     for b in baselines:
@@ -513,7 +528,7 @@ def compute(records: Sequence[dict], methods: Sequence[str], kinds: Sequence[str
         res = severity_metrics([r["photo"] for r in glob], [r["kind"] for r in glob], [r["severity"] for r in glob],
                                [r["scores"][m] for r in glob], kinds)
         if m.startswith(CRITIC_PREFIX):
-            res["localisation"] = localisation(local, m, grid)
+            res["localisation"] = localisation(local, m, grid) | {"clean_flagged": clean_flagged(glob, m)}
             res["localisation_per_kind"] = {k: localisation([r for r in local if r["kind"] == k], m, grid)
                                             for k in kinds}
         out[m] = res
@@ -544,6 +559,8 @@ SUMMARY_ROWS: tuple[tuple[str, str, str], ...] = (
     ("localisation", "type_any", "finding type, any finding"),
     ("localisation", "iou_hit", f"finding box IoU>={IOU_HIT} share"),
     ("localisation", "mean_iou", "finding box, mean best IoU"),
+    ("localisation", "zoom_hit", "a zoom lands on the local damage"),
+    ("localisation", "clean_flagged", "pristine images given a finding (lower is better)"),
 )
 
 

@@ -284,3 +284,20 @@ def test_more_local_items_keep_the_first_and_add_new_regions():
     assert len(three) == 3 * len(kinds)
     assert [i for i in three if i.seed in {o.seed for o in one}] == one  # the default test is unchanged
     assert len({i.seed for i in three}) == len(three)
+
+
+def test_zoom_hits_and_clean_photos_given_findings():
+    cell = 0.25
+    local = [
+        {"kind": "jpeg", "finding": "jpeg", "region": (1, 1, 3, 3), "findings": {"m": []},  # zoom centred inside
+         "zooms": {"m": [[0, 0, cell, cell], [0.3, 0.3, 0.45, 0.45]]}},
+        {"kind": "haze", "finding": "haze", "region": (0, 0, 1, 1), "findings": {"m": []},  # zooms elsewhere
+         "zooms": {"m": [[0.5, 0.5, 0.75, 0.75], [0.2, 0.2, 0.4, 0.4]]}},  # the second's centre is at 0.3
+        {"kind": "noise", "finding": "noise", "region": (3, 3, 4, 4), "findings": {"m": []}, "zooms": {"m": []}},
+    ]
+    assert acc.localisation(local, "m", 4)["zoom_hit"] == pytest.approx(1 / 3)
+    glob = [{"set": "global", "kind": None, "findings": {"m": [{"type": "haze"}]}},
+            {"set": "global", "kind": None, "findings": {"m": []}},
+            {"set": "global", "kind": "jpeg", "findings": {"m": [{"type": "jpeg"}]}}]  # degraded: not counted
+    assert acc.clean_flagged(glob, "m") == pytest.approx(0.5)
+    assert math.isnan(acc.clean_flagged(glob[2:], "m"))
