@@ -751,7 +751,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return 2
     baselines = [] if args.no_baselines else available_baselines()
     root = pristine_dir()
-    photos = pick_photos(pristine_photos("test", root), args.photos)
+    photos = pick_photos(pristine_photos(args.split, root), args.photos)
     methods = list(critics) + [b.name for b in baselines]
     print(f"accuracy: model {model_info['name']} ({model_info['root']}), backends {', '.join(critics)}, "
           f"baselines {', '.join(b.name for b in baselines) or 'none'}, {len(photos)} test photos, "
@@ -796,7 +796,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     placeholder = model_info["name"] != "qds-small-v1"
     md = [
         "<!-- produced by benchmarks/accuracy.py; do not edit by hand -->",
-        f"Held-out synthetic test (Waterloo Exploration style) on {len(photos)} test-split photos "
+        ("Held-out synthetic test" if args.split == "test" else "Development-split check (for choosing settings, "
+         "not an accuracy figure)") + f" (Waterloo Exploration style) on {len(photos)} {args.split}-split photos "
         f"(long side {LONG_SIDE} px): {n_global} globally degraded images ({len(kinds)} kinds x levels "
         f"{', '.join(f'{v:g}' for v in levels)} + pristine) and {n_local} locally degraded ones "
         f"(severity {LOCAL_SEVERITY}, 1x1..2x2 grid cells). Critic `{model_info['name']}` "
@@ -831,7 +832,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "settings": {"levels": list(levels), "kinds": kinds, "long_side": LONG_SIDE, "local_severity": LOCAL_SEVERITY,
                      "local_per_kind": args.local_per_kind,
                      "seed": args.seed, "grid": GRID, "d_test_min_severity": D_TEST_MIN_SEVERITY,
-                     "p_test_min_gap": P_TEST_MIN_GAP, "iou_hit": IOU_HIT, "threads": args.threads},
+                     "split": args.split, "p_test_min_gap": P_TEST_MIN_GAP, "iou_hit": IOU_HIT,
+                     "threads": args.threads},
         "n_images": {"global": n_global, "local": n_local, "total": len(records), "photos": len(photos)},
         "photos": photo_info, "seconds_per_image": seconds,
         "results": report["methods"], "backend_gap": report["backend_gap"],
@@ -851,6 +853,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated critic backends (onnx, gguf, numpy) and variants built from the same weights "
                    "(torch: the fp32 reference, onnx-int8, gguf-q4_0; benchmarks/variants.py); ones that cannot "
                    "load are skipped (default: %(default)s)")
+    p.add_argument("--split", choices=("test", "dev"), default="test",
+                   help="pristine photos to degrade: test (reported figures) or dev (choosing settings; "
+                   "never report it as accuracy) (default: %(default)s)")
     p.add_argument("--photos", type=int, default=None, help="number of test photos, spread evenly (default: all)")
     p.add_argument("--levels", default=str(len(DEFAULT_LEVELS)),
                    help="N evenly spaced severity levels k/(N+1), or a comma list such as 0.3,0.7 "

@@ -11,6 +11,8 @@
    head is cached in WORK/head*.npz;
 4. export: critic.npz (fp16 weights, all backends' shared tables, NumPy backend), encoder ONNX fp32 ->
    static int8, reasoner ONNX fp32, reasoner GGUF Q8_0, each checked against the PyTorch reference;
+   before that, the cell diagnosis that grounds the findings is trained on the trained head's tokens
+   (export.diagnosis, cached in WORK/diagnosis.npz);
 5. write the manifest (sha256 and size of every file, config, training log) and the golden vectors
    that the parity tests read when torch is not installed.
 """
@@ -29,6 +31,8 @@ import torch
 
 from export import golden, manifest
 from export.data import pristine_photos, trunk_arrays
+from export.diagnosis import SETTINGS as DIAGNOSIS_SETTINGS
+from export.diagnosis import train_diagnosis
 from export.gguf_export import export as export_gguf
 from export.onnx_export import (
     encoder_sqnr,
@@ -73,9 +77,10 @@ def critic_config() -> CriticConfig:
     return CriticConfig(vocab_size=P.VOCAB_SIZE, n_slots=P.N_SLOTS)
 
 
-def runtime_config(cfg: CriticConfig) -> dict:
-    """What a runtime needs to rebuild the model: the architecture travels inside the artifact."""
-    return cfg.to_dict() | {
+def runtime_config(cfg: CriticConfig, diagnosis: dict | None = None) -> dict:
+    """What a runtime needs to rebuild the model: the architecture travels inside the artifact, with the
+    grounding thresholds of its cell diagnosis (``support``, ``spread``) where it has one."""
+    return cfg.to_dict() | ({"diagnosis": diagnosis} if diagnosis else {}) | {
         "encoder_blocks": mobilenet_blocks(), "tap_blocks": list(TAP_BLOCKS), "tap_cells": list(TAP_CELL),
         "pixel_cell": PIXEL_CELL, "clip": [CLIP_HIGH, CLIP_LOW], "luma": list(LUMA),
         "nss": {"taps": NSS_TAPS, "sigma": NSS_SIGMA, "c": NSS_C, "flat": NSS_FLAT, "still": NSS_STILL,
@@ -105,12 +110,13 @@ def encoder_inputs(views: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def export_all(weights: dict[str, np.ndarray], cfg: CriticConfig, out: Path, work: Path, training: dict,
-               int8_encoder: bool, views: list[np.ndarray] | None = None) -> None:
+               int8_encoder: bool, views: list[np.ndarray] | None = None, diagnosis: dict | None = None) -> None:
     """Write and verify every shipped file, then the manifest and the golden vectors.
 
     ``views``: glance and zoom views (3xHxW in [0, 1]) to check the encoder on; by default dev-split
     pristine photos, which also calibrate the int8 encoder (studied only then: its SQNR goes in the
-    manifest, and it ships with ``int8_encoder``)."""
+    manifest, and it ships with ``int8_encoder``). ``diagnosis``: the thresholds of the ``diag.*`` heads
+    in ``weights`` (export.diagnosis), or None for a critic without one."""
     if int8_encoder and views is not None:
         raise ValueError("the int8 encoder is calibrated on dev-split photos only")
     out.mkdir(parents=True, exist_ok=True)
@@ -141,13 +147,14 @@ def export_all(weights: dict[str, np.ndarray], cfg: CriticConfig, out: Path, wor
     name = DEFAULT_MODEL if shipped else out.name  # an ablation variant or experiment is never the shipped critic
     export_gguf(weights, cfg, out / "reasoner.q8_0.gguf", qtype="q8_0", name=name)
     # the evaluation of the same weights stays (record a new one with `python -m export.manifest` after retraining)
-    manifest.write(out, name=name, config=runtime_config(cfg), training=training | {"export": notes},
+    manifest.write(out, name=name, config=runtime_config(cfg, diagnosis), training=training | {"export": notes},
                    evaluation=evaluation if training.get("reused_head") else None)
     if shipped:
         golden.write(weights, cfg)
 
 
-def cached_stage(stem: Path, settings: dict, retrain: bool, run) -> tuple[dict[str, np.ndarray], list, float, bool]:
+def cached_stage(stem: Path, settings: dict, retrain: bool,
+                 run) -> tuple[dict[str, np.ndarray], list | dict, float, bool]:
     """Run a training stage (``run() -> (head, history)``) or reuse STEM.npz when STEM.json records the
     same settings; returns the head, its history, the minutes it took, and whether it was reused."""
     head_path, log_path = stem.with_suffix(".npz"), stem.with_suffix(".json")
@@ -243,14 +250,17 @@ def main() -> None:
             a.work / "head_rl", settings, a.retrain,
             lambda: reinforce(supervised, cfg, data, dev, epochs=a.rl_epochs, per_epoch=a.rl_samples, seed=SEED))
         history, minutes, reused = history + rl_history, (minutes or 0) + (rl_minutes or 0), reused and rl_reused
+    diag, diag_log, _, diag_reused = cached_stage(a.work / "diagnosis", settings | {"diagnosis": DIAGNOSIS_SETTINGS},
+                                        a.retrain, lambda: train_diagnosis(head, data, dev, seed=SEED))
     training = {
         "command": "python -m export.build", **settings,
         "samples": {"train": int(len(data["kinds"])), "dev": int(len(dev["kinds"]))},
         "photos": {s: len(pristine_photos(s)) for s in ("train", "dev", "test")},
         "history": history, "minutes": minutes,  # training (supervised + GRPO), when the head was trained
-        "reused_head": reused,
+        "reused_head": reused and diag_reused, "diagnosis": diag_log,
     }
-    export_all(trunk | round_to_half(head), cfg, a.out, a.work, training, a.int8_encoder)
+    export_all(trunk | round_to_half(head | diag), cfg, a.out, a.work, training, a.int8_encoder,
+               diagnosis={k: diag_log[k] for k in ("support", "spread", "type_weight", "zoom_weight")})
     print(json.dumps(history[-1]))
 
 

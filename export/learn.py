@@ -135,7 +135,9 @@ def learn(records_path: Path, images: Path, out: Path, *, model: str | None = No
     weights = {k: np.asarray(v, np.float32) for k, v in load_weights(files).items()}
     cfg = CriticConfig(**{k: files.config[k] for k in CriticConfig.__dataclass_fields__})
     trunk = {k: v for k, v in weights.items() if k.startswith("enc.")}
-    head = {k: v for k, v in weights.items() if not k.startswith("enc.")}
+    # the cell diagnosis (diag.*) reads the projection's tokens, which this changes, and the records have no
+    # cell labels to retrain it on: the learned critic decodes its findings ungrounded
+    head = {k: v for k, v in weights.items() if k.startswith(("proj.", "dec."))}
     work.mkdir(parents=True, exist_ok=True)
     export_trunk(trunk, work / "trunk.onnx")
     data, kept = record_features(records, images, TrunkRunner(str(work / "trunk.onnx")), quiet)

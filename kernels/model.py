@@ -13,6 +13,10 @@ R, G, B and the share of clipped highlights and crushed shadows (colour casts, e
 natural-scene statistics of :func:`scene_statistics` (noise, blur, blocking, banding, shake).
 A two-layer MLP turns the 345 numbers of a cell into a ``d_model`` visual token.
 
+Cell diagnosis: two small MLPs over the same visual tokens name the degradation each grid cell shows
+(or "clean"): one per glance token, one per zoom (the zoomed cell's glance token with the mean and std
+of the zoom's tokens). The runtime grounds the reasoner's findings in them (qds_lite.diagnosis).
+
 Reasoner: a Llama-style decoder (RMSNorm, rotary attention rotating *adjacent* pairs as llama.cpp's
 ``llama`` architecture does, SwiGLU) over the protocol's vocabulary plus visual-token embeddings.
 """
@@ -225,8 +229,32 @@ def scene_statistics(pixels: torch.Tensor, luma: torch.Tensor) -> torch.Tensor:
 
 
 def project_features(p: dict[str, torch.Tensor], f: torch.Tensor) -> torch.Tensor:
-    h = F.silu(f @ p["proj.w1"].T + p["proj.b1"])
-    return h @ p["proj.w2"].T + p["proj.b2"]
+    return mlp(p, "proj", f)
+
+
+# --- cell diagnosis ---------------------------------------------------------------------------
+def mlp(p: dict[str, torch.Tensor], prefix: str, x: torch.Tensor) -> torch.Tensor:
+    """Two-layer SiLU MLP ``{prefix}.w1/b1/w2/b2`` (the projection's shape)."""
+    h = F.silu(x @ p[f"{prefix}.w1"].T + p[f"{prefix}.b1"])
+    return h @ p[f"{prefix}.w2"].T + p[f"{prefix}.b2"]
+
+
+def diagnose_glance(p: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+    """Glance visual tokens (..., cells, d_model) -> per-cell logits over the finding types, then "clean"."""
+    return mlp(p, "diag.glance", tokens)
+
+
+def zoom_evidence(glance_token: torch.Tensor, zoom_tokens: torch.Tensor) -> torch.Tensor:
+    """The zoom head's input: the zoomed cell's glance token (..., d), then the mean and (population) std
+    of the zoom's tokens (..., k, d) -> (..., 3d)."""
+    mean = zoom_tokens.mean(-2)
+    std = ((zoom_tokens - mean.unsqueeze(-2)) ** 2).mean(-2).sqrt()
+    return torch.cat([glance_token, mean, std], dim=-1)
+
+
+def diagnose_zoom(p: dict[str, torch.Tensor], glance_token: torch.Tensor, zoom_tokens: torch.Tensor) -> torch.Tensor:
+    """One zoomed cell's logits over the finding types and "clean", from native-resolution evidence."""
+    return mlp(p, "diag.zoom", zoom_evidence(glance_token, zoom_tokens))
 
 
 # --- reasoner ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import backends
 from . import protocol as P
+from .diagnosis import Diagnosis
 from .errors import QdsError
 from .io import LoadedImage, Source, load_image
 from .model_store import ModelFiles, load_weights, resolve
@@ -27,7 +28,7 @@ class Critic:
         self.files = files
         self.backend = backend
         self.max_zooms = max_zooms
-        self._reasoner = Reasoner(backend, weights)
+        self._reasoner = Reasoner(backend, weights, Diagnosis.of_model(weights, files.config))
         self.model = {"name": files.name, "sha256": files.sha256}
 
     @classmethod

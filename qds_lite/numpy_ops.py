@@ -6,6 +6,7 @@ Layouts follow PyTorch (NCHW activations without the batch axis, i.e. (C, H, W);
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,12 @@ def relu6(x: np.ndarray) -> np.ndarray:
 
 def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
+
+
+def mlp(w: Mapping[str, np.ndarray], prefix: str, x: np.ndarray) -> np.ndarray:
+    """Two-layer SiLU MLP ``{prefix}.w1/b1/w2/b2`` over the last axis (kernels.model.mlp)."""
+    h = silu(x @ w[f"{prefix}.w1"].T + w[f"{prefix}.b1"])
+    return (h @ w[f"{prefix}.w2"].T + w[f"{prefix}.b2"]).astype(np.float32)
 
 
 def conv1x1(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:

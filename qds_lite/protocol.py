@@ -176,5 +176,12 @@ class Grammar:
         self.state = "looking"
 
     @property
+    def pending_type(self) -> int:
+        """The type index of the finding being written (states find_sev, find_tl, find_br)."""
+        if self.state not in ("find_sev", "find_tl", "find_br"):
+            raise RuntimeError(f"no finding is being written in state {self.state}")
+        return self._pending[0]
+
+    @property
     def done(self) -> bool:
         return self.state == "done"

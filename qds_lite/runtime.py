@@ -3,7 +3,8 @@
 The loop is identical whatever backend runs the maths: it builds input embeddings (token rows and
 visual tokens plus their slot embeddings), asks the backend's session for logits, and decodes greedily
 over the tokens the protocol grammar allows next. Zoom windows are cut from the full-resolution
-pixels, never from the glance.
+pixels, never from the glance. Where the critic has a cell diagnosis (qds_lite.diagnosis), the
+findings it may report and their boxes are grounded in it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from . import protocol as P
 from .backends import Backend
+from .diagnosis import CellMap, Diagnosis
 from .io import LoadedImage, zoom_window
 from .numpy_ops import softmax
 
@@ -32,13 +34,14 @@ class Trajectory:
 class Reasoner:
     """Runs the loop for one image on one backend."""
 
-    def __init__(self, backend: Backend, weights: Mapping[str, np.ndarray]) -> None:
+    def __init__(self, backend: Backend, weights: Mapping[str, np.ndarray],
+                 diagnosis: Diagnosis | None = None) -> None:
         self.backend = backend
         self.tok_embd = weights["dec.tok_embd"]
         self.slot_embd = weights["dec.slot_embd"]
+        self.diagnosis = diagnosis
 
-    def visual(self, view: np.ndarray, slot0: int) -> np.ndarray:
-        tokens = self.backend.encode(view)
+    def with_slots(self, tokens: np.ndarray, slot0: int) -> np.ndarray:
         return tokens + self.slot_embd[slot0:slot0 + len(tokens)]
 
     def run(self, image: LoadedImage, max_zooms: int = P.DEFAULT_ZOOMS) -> Trajectory:
@@ -46,23 +49,31 @@ class Reasoner:
         grammar = P.Grammar(max_zooms)
         traj = Trajectory()
         session = self.backend.start()
-        first = [self.tok_embd[[P.BOS]], self.visual(image.glance, P.GLANCE_SLOT0)]
+        glance = self.backend.encode(image.glance)
+        cells = self.diagnosis.start(glance) if self.diagnosis else None
+        first = [self.tok_embd[[P.BOS]], self.with_slots(glance, P.GLANCE_SLOT0)]
         grammar.begin()
-        logits = session.step(np.concatenate(first + [self.tok_embd[self._append_forced(grammar, traj)]]))
+        logits = session.step(np.concatenate(first + [self.tok_embd[self._append_forced(grammar, traj, cells)]]))
         while True:
             state = grammar.state
             if state == "level":  # <stop> is in: its logits over the level tokens are the verdict
                 traj.level_probs = softmax(logits[list(P.LEVEL_IDS)].astype(np.float64))
-            allowed = np.array(grammar.allowed())
+            allowed = np.array(self._allowed(grammar, cells))
+            if cells is not None:
+                logits = cells.weigh(state, logits)
             token = int(allowed[np.argmax(logits[allowed])])
             grammar.advance(token)
             traj.tokens.append(token)
             new = [self.tok_embd[[token]]]
             if state == "after_zoom":
-                window, box = zoom_window(image.full, token - P.CELL0)
-                traj.zooms.append((token - P.CELL0, box))
-                new.append(self.visual(window, P.ZOOM_SLOT0))
-            forced = self._append_forced(grammar, traj)
+                cell = token - P.CELL0
+                window, box = zoom_window(image.full, cell)
+                traj.zooms.append((cell, box))
+                zoom = self.backend.encode(window)
+                if cells is not None:
+                    cells.zoomed(cell, zoom)
+                new.append(self.with_slots(zoom, P.ZOOM_SLOT0))
+            forced = self._append_forced(grammar, traj, cells)
             if grammar.done:  # <eos>: nothing more to feed
                 break
             logits = session.step(np.concatenate(new + [self.tok_embd[forced]]))
@@ -71,13 +82,18 @@ class Reasoner:
         return traj
 
     @staticmethod
-    def _append_forced(grammar: P.Grammar, traj: Trajectory) -> list[int]:
-        """Advance over tokens the grammar leaves no choice about (<stop> once the zoom budget is spent,
-        <eos> after the last finding): they join the next step's input instead of costing a step of
-        their own, whose logits nobody would read. A zoom's cell is never forced: it brings visual tokens."""
+    def _allowed(grammar: P.Grammar, cells: CellMap | None) -> tuple[int, ...]:
+        allowed = grammar.allowed()
+        return allowed if cells is None else cells.restrict(grammar, allowed)
+
+    @classmethod
+    def _append_forced(cls, grammar: P.Grammar, traj: Trajectory, cells: CellMap | None) -> list[int]:
+        """Advance over tokens left no choice about (<stop> once the zoom budget is spent, <eos> after the
+        last finding, a grounded finding's box): they join the next step's input instead of costing a step
+        of their own, whose logits nobody would read. A zoom's cell is never forced: it brings visual tokens."""
         forced = []
-        while not grammar.done and grammar.state != "after_zoom" and len(grammar.allowed()) == 1:
-            token = grammar.allowed()[0]
+        while not grammar.done and grammar.state != "after_zoom" and len(cls._allowed(grammar, cells)) == 1:
+            token = cls._allowed(grammar, cells)[0]
             grammar.advance(token)
             traj.tokens.append(token)
             forced.append(token)

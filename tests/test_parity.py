@@ -56,6 +56,18 @@ def test_numpy_encoder_matches_reference(model_files, weights, reference):
         check_close(view, enc(reference[view]), ref, atol=RTOL_TOKENS * np.abs(ref).max())
 
 
+def test_numpy_diagnosis_matches_reference(model_files, weights, reference):
+    """The cell diagnosis' logits on the reference tokens (the runtime's NumPy heads, every backend)."""
+    from export.golden import ZOOM_CELL
+    from qds_lite.diagnosis import zoom_evidence
+    from qds_lite.numpy_ops import mlp
+
+    glance, zoom = reference["glance_tokens"], reference["zoom_tokens"]
+    check_close("glance diagnosis", mlp(weights, "diag.glance", glance), reference["glance_diagnosis"], ATOL_LOGITS)
+    check_close("zoom diagnosis", mlp(weights, "diag.zoom", zoom_evidence(glance[ZOOM_CELL], zoom)),
+                reference["zoom_diagnosis"], ATOL_LOGITS)
+
+
 def test_numpy_reasoner_matches_reference_incrementally(model_files, weights, reference):
     session = NumpyBackend(model_files, weights).start()
     emb, ref = reference["embeddings"], reference["logits"]

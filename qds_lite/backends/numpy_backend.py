@@ -42,8 +42,7 @@ class NumpyEncoder:
                    ops.scene_statistics(pixels, luma[0], self.pixel_cell, self.nss)]
         f = np.concatenate(pooled, axis=0)  # (feat_dim, gh, gw)
         f = f.reshape(f.shape[0], -1).T  # (cells, feat_dim), cells row-major
-        h = ops.silu(f @ w["proj.w1"].T + w["proj.b1"])
-        return (h @ w["proj.w2"].T + w["proj.b2"]).astype(np.float32)
+        return ops.mlp(w, "proj", f)
 
 
 class NumpySession:

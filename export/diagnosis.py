@@ -1,0 +1,211 @@
+"""Train the cell diagnosis that grounds the critic's findings (qds_lite.diagnosis), and choose its thresholds.
+
+Runs after the reasoner is trained, on the same cached samples: the visual tokens come from the trained
+projection, so the heads read exactly what the runtime gives them.
+
+- glance head: every glance cell -> its finding type (the most severe degradation covering it with
+  severity >= export.train.AUX_MIN_SEVERITY), or "clean";
+- zoom head: every cached zoom (the oracle's cells and random ones) -> the type of the cell it looks at,
+  from that cell's glance token and the zoom's tokens.
+
+Each trains a few epochs (AdamW, fixed seed); the epoch kept is the one whose dev cells are best
+classified (mean of the accuracy on damaged and on clean cells, so "clean" everywhere cannot win).
+
+Thresholds, on the dev samples with the zoom head's reading of the cells the oracle would zoom first:
+
+- ``support``: a type counts as present when some cell gives it at least this probability; chosen to
+  maximise balanced accuracy over (sample, type) pairs, present = applied with severity >= PRESENT,
+  absent = not applied (mild ones in between do not count either way);
+- ``spread``: how far a finding's box grows from its most confident cell; chosen to maximise the share
+  of local degradations whose box reaches IoU >= 0.5 with the true region.
+
+``type_weight`` and ``zoom_weight`` act on the reasoner's decoding, so they are constants chosen with
+the accuracy benchmark on the dev split (README, "Grounded findings").
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from export import oracle
+from export.train import AUX_MIN_SEVERITY
+from kernels.model import diagnose_glance, diagnose_zoom, project_features, to_torch
+from qds_lite import protocol as P
+from qds_lite.diagnosis import CellMap, Diagnosis
+
+CLASSES = len(P.FINDING_TYPES) + 1
+HIDDEN = 128
+GLANCE_EPOCHS, ZOOM_EPOCHS = 4, 6
+LR, WEIGHT_DECAY, BATCH = 1e-3, 1e-2, 512
+PRESENT = 0.25
+SUPPORT_GRID = tuple(np.round(np.arange(0.1, 0.85, 0.05), 2))
+SPREAD_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+IOU_HIT = 0.5
+# How much the map's evidence weighs in the reasoner's choices (qds_lite.diagnosis.CellMap.weigh). They act on
+# the whole loop, so they were chosen on the dev split with the accuracy benchmark (README, "Findings"):
+#   python -m benchmarks.accuracy --split dev --model DIR --backends onnx --no-baselines --levels 0.5 --local-per-kind 3
+TYPE_WEIGHT = 3.0
+ZOOM_WEIGHT = 0.0
+SETTINGS = {"hidden": HIDDEN, "epochs": [GLANCE_EPOCHS, ZOOM_EPOCHS], "lr": LR, "weight_decay": WEIGHT_DECAY,
+            "batch": BATCH, "present": PRESENT, "min_severity": AUX_MIN_SEVERITY,
+            "type_weight": TYPE_WEIGHT, "zoom_weight": ZOOM_WEIGHT}  # the stage's cache key
+
+
+def tokens_of(head: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
+    """Cached pooled features (..., feat_dim) float16 -> visual tokens (..., d_model) float32."""
+    p = to_torch({k: v for k, v in head.items() if k.startswith("proj.")})
+    with torch.no_grad():
+        return project_features(p, torch.from_numpy(features.astype(np.float32))).numpy()
+
+
+def cell_labels(data: dict[str, np.ndarray]) -> np.ndarray:
+    """(samples, cells) finding-type index per cell, CLASSES - 1 for clean."""
+    return np.stack([oracle.cell_types(oracle.degradations(data, i), AUX_MIN_SEVERITY)
+                     for i in range(len(data["kinds"]))])
+
+
+def glance_inputs(data: dict[str, np.ndarray], head: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """-> glance tokens (samples, cells, d) and their labels (samples, cells)."""
+    return tokens_of(head, data["glance"]), cell_labels(data)
+
+
+def zoom_inputs(data: dict[str, np.ndarray], glance: np.ndarray, labels: np.ndarray,
+                head: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """-> per cached zoom: glance token (n, z, d), zoom tokens (n, z, 4, d), label (n, z)."""
+    cells = data["zoom_cells"].astype(np.int64)
+    rows = np.arange(len(cells))[:, None]
+    return glance[rows, cells], tokens_of(head, data["zooms"]), labels[rows, cells]
+
+
+def _init(rng: np.random.Generator, prefix: str, n_in: int) -> dict[str, np.ndarray]:
+    def lin(o: int, i: int) -> np.ndarray:
+        return (rng.standard_normal((o, i)) / np.sqrt(i)).astype(np.float32)
+
+    return {f"{prefix}.w1": lin(HIDDEN, n_in), f"{prefix}.b1": np.zeros(HIDDEN, np.float32),
+            f"{prefix}.w2": lin(CLASSES, HIDDEN), f"{prefix}.b2": np.zeros(CLASSES, np.float32)}
+
+
+def cell_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+    """Mean of the accuracy on damaged cells and on clean cells."""
+    damaged = labels != CLASSES - 1
+    return float(((pred[damaged] == labels[damaged]).mean() + (pred[~damaged] == labels[~damaged]).mean()) / 2)
+
+
+def fit_head(prefix: str, n_in: int, logits_of, inputs: tuple[np.ndarray, ...], labels: np.ndarray,
+             dev_inputs: tuple[np.ndarray, ...], dev_labels: np.ndarray, epochs: int, seed: int,
+             log=print) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Train one head (``logits_of(params, *inputs)``) on rows of ``inputs``; keep the best dev epoch."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    params = {k: torch.nn.Parameter(torch.from_numpy(v)) for k, v in _init(rng, prefix, n_in).items()}
+    opt = torch.optim.AdamW(params.values(), lr=LR, weight_decay=WEIGHT_DECAY)
+    xs = [torch.from_numpy(x) for x in inputs]
+    dev_xs = [torch.from_numpy(x) for x in dev_inputs]
+    y = torch.from_numpy(labels.astype(np.int64))
+    best, best_state, history = -1.0, None, []
+    for epoch in range(1, epochs + 1):
+        t0 = time.time()
+        order = torch.from_numpy(rng.permutation(len(y)))
+        for i in range(0, len(order), BATCH):
+            b = order[i:i + BATCH]
+            loss = F.cross_entropy(logits_of(params, *(x[b] for x in xs)), y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            pred = logits_of(params, *dev_xs).argmax(-1).numpy()
+        acc = cell_accuracy(pred, dev_labels)
+        history.append({"head": prefix, "epoch": epoch, "dev_cell_accuracy": round(acc, 4),
+                        "seconds": round(time.time() - t0, 1)})
+        log(f"{prefix} epoch {epoch}: dev cell accuracy {acc:.3f}")
+        if acc > best:
+            best, best_state = acc, {k: v.detach().numpy().copy() for k, v in params.items()}
+    return best_state, history
+
+
+def dev_maps(weights: dict[str, np.ndarray], glance: np.ndarray, zoom_glance: np.ndarray,
+             zooms: np.ndarray, cells: np.ndarray) -> list[CellMap]:
+    """Each dev sample's map after zooms on the oracle's first DEFAULT_ZOOMS cells."""
+    diagnosis = Diagnosis(weights, support=1.0, spread=1.0)
+    maps = []
+    for i in range(len(glance)):
+        m = diagnosis.start(glance[i])
+        for z in range(P.DEFAULT_ZOOMS):
+            m.zoomed(int(cells[i, z]), zooms[i, z])
+        maps.append(m)
+    return maps
+
+
+def choose_support(maps: list[CellMap], data: dict[str, np.ndarray]) -> tuple[float, float]:
+    """The support threshold of best balanced accuracy of "type present" over dev (sample, type) pairs."""
+    top = np.stack([m.probs[:, :-1].max(0) for m in maps])  # (samples, types)
+    present = np.zeros_like(top, bool)
+    applied = np.zeros_like(top, bool)
+    for i in range(len(maps)):
+        for kind, severity, _ in oracle.degradations(data, i):
+            t = P.FINDING_TYPES.index(kind)
+            applied[i, t] = True
+            present[i, t] |= severity >= PRESENT
+    absent = ~applied
+
+    def balanced(th: float) -> float:
+        return float(((top[present] >= th).mean() + (top[absent] < th).mean()) / 2)
+
+    best = max(SUPPORT_GRID, key=balanced)
+    return float(best), balanced(best)
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def choose_spread(maps: list[CellMap], data: dict[str, np.ndarray]) -> tuple[float, float]:
+    """The spread of the best IoU >= 0.5 share over the dev samples' local degradations (severity >= PRESENT)."""
+    local = [(m, P.FINDING_TYPES.index(kind), region) for i, m in enumerate(maps)
+             for kind, severity, region in oracle.degradations(data, i) if region is not None and severity >= PRESENT]
+
+    def hits(spread: float) -> float:
+        maps[0].diagnosis.spread = spread  # one Diagnosis shared by every map
+        out = []
+        for m, t, (c0, r0, c1, r1) in local:
+            box = P.span_box(*m.region(t))
+            out.append(_iou(box, (c0 / P.GRID, r0 / P.GRID, c1 / P.GRID, r1 / P.GRID)) >= IOU_HIT - 1e-9)
+        return float(np.mean(out))
+
+    best = max(SPREAD_GRID, key=hits)
+    return float(best), hits(best)
+
+
+def train_diagnosis(head: dict[str, np.ndarray], data: dict[str, np.ndarray], dev: dict[str, np.ndarray],
+                    seed: int = 0, log=print) -> tuple[dict[str, np.ndarray], dict]:
+    """-> the two heads' weights (``diag.*``) and a log with the grounding settings (``support`` and
+    ``spread`` chosen here, ``type_weight`` and ``zoom_weight``), dev figures and the epochs."""
+    glance, labels = glance_inputs(data, head)
+    dev_glance, dev_labels = glance_inputs(dev, head)
+    d = glance.shape[-1]
+    g_head, g_hist = fit_head("diag.glance", d, lambda p, x: diagnose_glance(p, x),
+                              (glance.reshape(-1, d),), labels.reshape(-1),
+                              (dev_glance.reshape(-1, d),), dev_labels.reshape(-1), GLANCE_EPOCHS, seed, log)
+    zg, zt, zl = zoom_inputs(data, glance, labels, head)
+    dzg, dzt, dzl = zoom_inputs(dev, dev_glance, dev_labels, head)
+    z_head, z_hist = fit_head("diag.zoom", 3 * d, lambda p, g, z: diagnose_zoom(p, g, z),
+                              (zg.reshape(-1, d), zt.reshape(-1, *zt.shape[2:])), zl.reshape(-1),
+                              (dzg.reshape(-1, d), dzt.reshape(-1, *dzt.shape[2:])), dzl.reshape(-1),
+                              ZOOM_EPOCHS, seed, log)
+    weights = g_head | z_head
+    rounded = {k: v.astype(np.float16).astype(np.float32) for k, v in weights.items()}  # as shipped
+    maps = dev_maps(rounded, dev_glance, dzg, dzt, dev["zoom_cells"])
+    support, balanced = choose_support(maps, dev)
+    spread, hit = choose_spread(maps, dev)
+    log(f"diagnosis: support {support} (dev balanced accuracy {balanced:.3f}), "
+        f"spread {spread} (dev local boxes IoU>={IOU_HIT}: {hit:.3f})")
+    return weights, {"support": support, "spread": spread, "type_weight": TYPE_WEIGHT, "zoom_weight": ZOOM_WEIGHT,
+                     "dev_type_balanced_accuracy": round(balanced, 4),
+                     "dev_box_hit": round(hit, 4), "history": g_hist + z_hist}
