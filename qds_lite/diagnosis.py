@@ -4,7 +4,8 @@ The reasoner reads the glance and its zooms and says *what* is wrong and how bad
 box corners rarely landed on the damage (held-out box IoU >= 0.5 for 11 % of local degradations). Two
 small heads over the same visual tokens say *where*: one names the degradation each glance cell shows
 (or "clean"), the other re-reads a zoomed cell from its native-resolution tokens (on the damaged dev
-cells the oracle zooms into, 59 % right against 48 % from the glance alone). The runtime then grounds the reasoner's findings in that map:
+cells the oracle zooms into, 59 % right against 48 % from the glance alone). The runtime then grounds
+the reasoner's findings in that map:
 
 - a finding may only name a type that some cell supports (probability >= ``support``), and not one
   already reported; when no type is left, the findings end; among the types left, the reasoner's
