@@ -1,7 +1,7 @@
 """Refine benchmark: does `qds refine` bring degraded photos back towards their pristine originals?
 
     python -m benchmarks.refine [--photos N] [--split test] [--kinds k1,k2] [--max-steps 4] [--seed 0]
-                                [--model NAME|DIR] [--out build/bench]
+                                [--model NAME|DIR] [--margin M] [--out build/bench]
 
 Built on the fly from held-out photos (``export.data.pristine_photos("test")``; ``--split dev`` for tuning),
 each loaded oriented and LANCZOS-downscaled to a long side of 768 px as in ``benchmarks/accuracy.py``. Per
@@ -90,11 +90,11 @@ def _measure(ref: np.ndarray, img: np.ndarray, score: float, niqe_fn) -> dict:
 
 
 def run_items(photos: Sequence[Path], root: Path, kinds: Sequence[str], seed: int, max_steps: int,
-              model: str | None = None) -> list[dict]:
+              model: str | None = None, margin: float | None = None) -> list[dict]:
     from export import synth
     from qds_lite import load
     from qds_lite.protocol import GRID
-    from qds_lite.refine import refine
+    from qds_lite.refine import SCORE_MARGIN, refine
 
     from .baselines import niqe_score
 
@@ -116,7 +116,7 @@ def run_items(photos: Sequence[Path], root: Path, kinds: Sequence[str], seed: in
                 img = base if it["kind"] is None else synth.apply(
                     base, [synth.Degradation(it["kind"], it["severity"], it["region"], it["seed"])])
                 t = time.perf_counter()
-                r = refine(critic, img, max_steps=max_steps)
+                r = refine(critic, img, max_steps=max_steps, margin=SCORE_MARGIN if margin is None else margin)
                 seconds = time.perf_counter() - t
                 refined = np.asarray(r.image)
                 generic = generic_enhance(img)
@@ -212,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--kinds", default=None, help="comma-separated synth kinds (default: all)")
     p.add_argument("--max-steps", type=int, default=4)
     p.add_argument("--model", default=None, help="critic name or folder (default: the bundled one)")
+    p.add_argument("--margin", type=float, default=None,
+                   help="score gain a kept step needs (default: qds_lite.refine.SCORE_MARGIN); for tuning on dev")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args(argv)
@@ -226,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = _dt.datetime.now(_dt.timezone.utc)
     root = pristine_dir()
     photos = pick_photos(pristine_photos(args.split, root), args.photos)
-    records = run_items(photos, root, kinds, args.seed, args.max_steps, args.model)
+    records = run_items(photos, root, kinds, args.seed, args.max_steps, args.model, args.margin)
     summary = summarise(records, kinds)
     minutes = (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds() / 60
     command = "python -m benchmarks.refine" + (" " + shlex.join(argv) if argv else "")
@@ -260,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc = {"command": command, "started": started.isoformat(), "minutes": minutes, "split": args.split,
            "photos": [p.relative_to(root).as_posix() for p in photos], "kinds": kinds,
            "settings": {"severity_range": SEVERITY_RANGE, "max_steps": args.max_steps, "seed": args.seed,
-                        "long_side": 768, "improved_if_dssim_over": IMPROVED},
+                        "margin": args.margin, "long_side": 768, "improved_if_dssim_over": IMPROVED},
            "summary": summary, "records": records}
     (out / "refine.json").write_text(json.dumps(_jsonable(doc), indent=1) + "\n")
     print(f"wrote {out / 'refine.json'}, {out / 'refine.md'}", file=sys.stderr)

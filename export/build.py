@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export import golden, manifest
+from export import golden, manifest, oracle
 from export.data import pristine_photos, trunk_arrays
 from export.diagnosis import SETTINGS as DIAGNOSIS_SETTINGS
 from export.diagnosis import train_diagnosis
@@ -222,7 +222,8 @@ def main() -> None:
                           distill_on=a.distill_on)
     settings = {"seed": SEED, "epochs": a.epochs, "variants": a.variants, "batches": a.batches,
                 "loss_weights": asdict(weights), "config": cfg.to_dict(),
-                "finetune_from": FINETUNE_FROM if a.finetune else None, "feature_dropout": a.feature_dropout}
+                "finetune_from": FINETUNE_FROM if a.finetune else None, "feature_dropout": a.feature_dropout,
+                "reportable": oracle.REPORTABLE}
     teacher = None
     if a.teacher:
         tcfg = teacher_config(cfg)

@@ -43,7 +43,6 @@ GROUP = 4
 TEMPERATURE = 1.0
 KL_BETA = 0.05
 EGF_DELTA = 0.1  # expected-level change (in levels) that counts as the zoom evidence changing the outcome
-VISIBLE = 0.1  # a degradation below this severity is not expected to be reported
 # type families for the graded (early) finding reward: a near miss earns half
 FAMILY = {"blur": "blur", "motion_blur": "blur", "defocus": "blur", "noise": "noise", "jpeg": "coding",
           "banding": "coding", "overexposure": "exposure", "underexposure": "exposure", "low_contrast": "contrast",
@@ -143,7 +142,7 @@ def sample_rollouts(params, cfg: CriticConfig, data, rows: np.ndarray, rng: np.r
 
 def truth(data, row: int) -> tuple[str, tuple[float, float, float, float]] | None:
     """The finding a perfect critic reports first (type, box), or None when nothing is visible."""
-    degs = [d for d in oracle.degradations(data, row) if d[1] >= VISIBLE]
+    degs = [d for d in oracle.degradations(data, row) if d[1] >= oracle.REPORTABLE]
     if not degs:
         return None
     kind, _, region = degs[0]

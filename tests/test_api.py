@@ -78,18 +78,18 @@ def test_critic_load_alias_and_listing():
     assert "numpy" in qds_lite.available_backends()
 
 
-@pytest.mark.parametrize("clean, degraded, types, first", [
-    ("coffee_clean.jpg", "coffee_dark.jpg", {"underexposure"}, True),
-    ("coffee_clean.jpg", "coffee_jpeg_local.jpg", {"jpeg", "banding"}, True),
-    # a low-key dusk photo: the critic reports its darkness as underexposure first (README, known
-    # limitations), so here the blur only has to be among the findings
-    ("rocket_clean.jpg", "rocket_blur.jpg", {"blur", "motion_blur", "defocus"}, False),
+@pytest.mark.parametrize("clean, degraded, types", [
+    ("coffee_clean.jpg", "coffee_dark.jpg", {"underexposure"}),
+    ("coffee_clean.jpg", "coffee_jpeg_local.jpg", {"jpeg", "banding"}),
+    # a low-key dusk photo whose darkness the critic also reports (README, known limitations): the blur
+    # must still come first
+    ("rocket_clean.jpg", "rocket_blur.jpg", {"blur", "motion_blur", "defocus"}),
 ])
-def test_degraded_photos_score_below_their_clean_source(critic, clean, degraded, types, first):
+def test_degraded_photos_score_below_their_clean_source(critic, clean, degraded, types):
     clean_r, bad_r = critic.score(DATA / clean), critic.score(DATA / degraded)
     assert bad_r.score < clean_r.score - 10
-    named = [f.type for f in bad_r.findings[:1 if first else None]]
-    assert set(named) & types, f"{degraded}: findings {[f.type for f in bad_r.findings]}"
+    named = [f.type for f in bad_r.findings]
+    assert named and named[0] in types, f"{degraded}: findings {named}"
 
 
 def test_importing_qds_lite_never_imports_torch():

@@ -25,6 +25,14 @@ def test_cell_types_take_the_most_severe_visible_degradation():
     assert (oracle.cell_types([("blur", 0.05, None)], 0.1) == CLEAN).all()
 
 
+def test_oracle_names_only_reportable_damage_but_grades_all_of_it():
+    faint, clear = ("noise", oracle.REPORTABLE / 2, None), ("blur", oracle.REPORTABLE, (0, 0, 2, 2))
+    tokens = oracle.finding_tokens([clear, faint])
+    assert tokens.count(P.FIND) == 1 and tokens[1] == P.TYPE0 + BLUR
+    assert oracle.finding_tokens([faint]) == []  # a clean verdict for barely visible damage ...
+    assert oracle.quality([faint]) < oracle.quality([])  # ... whose quality target is still lower
+
+
 def test_thurstone_fidelity_rewards_the_right_order_only():
     sharp_good, sharp_bad = [0, 0, 0, 0.1, 0.9], [0.9, 0.1, 0, 0, 0]
     quality = torch.tensor([5.0, 1.0])
