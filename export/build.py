@@ -261,7 +261,7 @@ def main() -> None:
         "reused_head": reused and diag_reused, "diagnosis": diag_log,
     }
     export_all(trunk | round_to_half(head | diag), cfg, a.out, a.work, training, a.int8_encoder,
-               diagnosis={k: diag_log[k] for k in ("support", "spread", "type_weight", "zoom_weight")})
+               diagnosis={k: diag_log[k] for k in ("support", "spread", "type_weight", "zoom_weight", "find_margin")})
     print(json.dumps(history[-1]))
 
 

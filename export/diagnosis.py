@@ -19,8 +19,8 @@ Thresholds, on the dev samples with the zoom head's reading of the cells the ora
 - ``spread``: how far a finding's box grows from its most confident cell; chosen to maximise the share
   of local degradations whose box reaches IoU >= 0.5 with the true region.
 
-``type_weight`` and ``zoom_weight`` act on the reasoner's decoding, so they are constants chosen with
-the accuracy benchmark on the dev split (README, "Grounded findings").
+``type_weight``, ``zoom_weight`` and ``find_margin`` act on the reasoner's decoding, so they are constants
+chosen with the accuracy benchmark on the dev split (README, "Grounded findings").
 """
 
 from __future__ import annotations
@@ -50,9 +50,12 @@ IOU_HIT = 0.5
 #   python -m benchmarks.accuracy --split dev --model DIR --backends onnx --no-baselines --levels 0.5 --local-per-kind 3
 TYPE_WEIGHT = 3.0
 ZOOM_WEIGHT = 0.0
+# How many logits <find> must beat <eos> by: fewer findings on clean photos, and fewer right ones (measured on
+# dev, README "Findings only for damage a viewer would notice"), so off.
+FIND_MARGIN = 0.0
 SETTINGS = {"hidden": HIDDEN, "epochs": [GLANCE_EPOCHS, ZOOM_EPOCHS], "lr": LR, "weight_decay": WEIGHT_DECAY,
             "batch": BATCH, "present": PRESENT, "min_severity": AUX_MIN_SEVERITY,
-            "type_weight": TYPE_WEIGHT, "zoom_weight": ZOOM_WEIGHT}  # the stage's cache key
+            "type_weight": TYPE_WEIGHT, "zoom_weight": ZOOM_WEIGHT, "find_margin": FIND_MARGIN}  # the stage's cache key
 
 
 def tokens_of(head: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
@@ -207,5 +210,6 @@ def train_diagnosis(head: dict[str, np.ndarray], data: dict[str, np.ndarray], de
     log(f"diagnosis: support {support} (dev balanced accuracy {balanced:.3f}), "
         f"spread {spread} (dev local boxes IoU>={IOU_HIT}: {hit:.3f})")
     return weights, {"support": support, "spread": spread, "type_weight": TYPE_WEIGHT, "zoom_weight": ZOOM_WEIGHT,
+                     "find_margin": FIND_MARGIN,
                      "dev_type_balanced_accuracy": round(balanced, 4),
                      "dev_box_hit": round(hit, 4), "history": g_hist + z_hist}

@@ -14,8 +14,9 @@ the reasoner's findings in that map:
   probability reaches ``spread`` times its own (their bounding box, on the protocol grid).
 
 ``support`` and ``spread`` are chosen on the development samples by ``export.diagnosis``, ``type_weight``
-(and ``zoom_weight``, which steers zooms towards cells that look damaged: measured, off in the shipped
-critic) on the development split by the accuracy benchmark; all travel in the manifest. The logic is
+(and ``zoom_weight``, which steers zooms towards cells that look damaged, and ``find_margin``, which asks
+more confidence before a finding opens: both measured, off in the shipped critic) on the development split
+by the accuracy benchmark; all travel in the manifest. The logic is
 NumPy on the backend's tokens, so it is the same on every backend.
 """
 
@@ -40,12 +41,13 @@ class Diagnosis:
     """The two heads of one critic and its grounding thresholds."""
 
     def __init__(self, weights: Mapping[str, np.ndarray], support: float, spread: float,
-                 type_weight: float = 0.0, zoom_weight: float = 0.0) -> None:
+                 type_weight: float = 0.0, zoom_weight: float = 0.0, find_margin: float = 0.0) -> None:
         self.weights = weights
         self.support = support
         self.spread = spread
         self.type_weight = type_weight
         self.zoom_weight = zoom_weight
+        self.find_margin = find_margin
 
     @classmethod
     def of_model(cls, weights: Mapping[str, np.ndarray], config: Mapping) -> Diagnosis | None:
@@ -54,7 +56,7 @@ class Diagnosis:
         if settings is None or "diag.glance.w1" not in weights:
             return None
         return cls(weights, float(settings["support"]), float(settings["spread"]),
-                   float(settings.get("type_weight", 0.0)), float(settings.get("zoom_weight", 0.0)))
+                   *(float(settings.get(k, 0.0)) for k in ("type_weight", "zoom_weight", "find_margin")))
 
     def glance(self, tokens: np.ndarray) -> np.ndarray:
         """Glance tokens (cells, d) -> per-cell probabilities (cells, types + clean)."""
@@ -86,9 +88,12 @@ class CellMap:
     def weigh(self, state: str, logits: np.ndarray) -> np.ndarray:
         """The reasoner's logits with the map's evidence added where it has a say: over the finding types,
         ``type_weight`` x log of each type's support; over the cells to zoom into, ``zoom_weight`` x log of
-        each cell's probability of showing damage."""
+        each cell's probability of showing damage; before each finding, ``find_margin`` off ``<find>``, so
+        that a finding opens only when the reasoner prefers it to ending by that many logits."""
         d = self.diagnosis
-        if state == "find_type" and d.type_weight:
+        if state == "findings" and d.find_margin:
+            ids, bias = (P.FIND,), -d.find_margin
+        elif state == "find_type" and d.type_weight:
             ids, bias = P.TYPE_IDS, d.type_weight * np.log(self.probs[:, :CLEAN].max(0) + 1e-6)
         elif state == "after_zoom" and d.zoom_weight:
             ids, bias = P.CELL_IDS, d.zoom_weight * np.log(1.0 - self.probs[:, CLEAN] + 1e-6)

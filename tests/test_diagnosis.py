@@ -76,6 +76,15 @@ def test_evidence_weighs_type_and_zoom_choices_only_where_set():
     assert np.array_equal(m.weigh("level", logits), logits)
 
 
+def test_find_margin_lowers_only_the_logit_that_opens_a_finding():
+    m = cell_map({0: (NOISE, 0.9)}, support=0.3)
+    logits = np.zeros(P.VOCAB_SIZE)
+    assert m.weigh("findings", logits) is logits  # margin 0: as decoded
+    m.diagnosis.find_margin = 2.0
+    weighed = m.weigh("findings", logits)
+    assert weighed[P.FIND] == -2.0 and np.count_nonzero(weighed) == 1
+
+
 def test_pending_type_outside_a_finding_is_an_error():
     with pytest.raises(RuntimeError):
         _ = grammar_at("looking").pending_type
