@@ -12,7 +12,8 @@ Measured in one run, round-robin, whole processes (start-up included on both sid
 Reported: images/s of each, (b)/(a) (the bar: >= 0.8), (b) wall / (c) wall (the bar: >= 20), and the peak
 RSS of the largest process of each run (``RUSAGE_CHILDREN``: the parent or one worker). The folder is made
 deterministically from the held-out test photos (then their mirror images), each centre-cropped to 4:3 and
-upscaled to 4000x3000 (JPEG q92), as in benchmarks.speed.
+upscaled to 4000x3000 (JPEG q92), as in benchmarks.speed, and qds_lite's bytecode is written first, as an
+install does (``benchmarks.speed.byte_compile_qds``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.speed import upscaled_jpeg
+from benchmarks.speed import byte_compile_qds, upscaled_jpeg
 
 DEFAULT_OUT = Path("build") / "bench"
 _WRAP = """
@@ -98,6 +99,7 @@ def main() -> None:
                   "--quiet"]
         pillow = [sys.executable, "-m", "benchmarks.triage", "--pillow-baseline", str(shoot), "--workers",
                   str(a.workers)]
+        byte_compile_qds()
         measure(pillow)  # warm the disk cache
         for r in range(a.repeat):
             cache = Path(tmp) / f"run{r}.sqlite3"

@@ -301,3 +301,15 @@ def test_zoom_hits_and_clean_photos_given_findings():
             {"set": "global", "kind": "jpeg", "findings": {"m": [{"type": "jpeg"}]}}]  # degraded: not counted
     assert acc.clean_flagged(glob, "m") == pytest.approx(0.5)
     assert math.isnan(acc.clean_flagged(glob[2:], "m"))
+
+
+def test_whole_process_timings_run_the_package_from_bytecode():
+    from importlib.util import cache_from_source
+
+    import qds_lite.critic
+
+    speed = importlib.import_module("benchmarks.speed")
+    pyc = Path(cache_from_source(qds_lite.critic.__file__))
+    pyc.unlink(missing_ok=True)
+    speed.byte_compile_qds()
+    assert pyc.is_file()  # as `pip install .` leaves it, even where Python itself writes no bytecode
