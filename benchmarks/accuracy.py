@@ -248,6 +248,16 @@ def clean_flagged(records: Sequence[dict], method: str) -> float:
     return float(np.mean([bool(r["findings"][method]) for r in clean])) if clean else float("nan")
 
 
+def score_by_severity(records: Sequence[dict], method: str) -> dict[float, float]:
+    """Mean score of the globally degraded images at each severity level (0 = pristine): the critic's scale
+    on unseen photos, to set against the one it is trained for (one whole-image defect of severity s scores
+    about 100 (1 - s), ``export.oracle``)."""
+    by_level: dict[float, list[float]] = {}
+    for r in records:
+        by_level.setdefault(round(float(r["severity"] or 0.0), 3), []).append(float(r["scores"][method]))
+    return {s: float(np.mean(v)) for s, v in sorted(by_level.items())}
+
+
 def _nanmean(values: Iterable[float]) -> float:
     v = np.asarray(list(values), dtype=np.float64)
     v = v[np.isfinite(v)]
@@ -529,6 +539,7 @@ def compute(records: Sequence[dict], methods: Sequence[str], kinds: Sequence[str
                                [r["scores"][m] for r in glob], kinds)
         if m.startswith(CRITIC_PREFIX):
             res["localisation"] = localisation(local, m, grid) | {"clean_flagged": clean_flagged(glob, m)}
+            res["score_by_severity"] = score_by_severity(glob, m)
             res["localisation_per_kind"] = {k: localisation([r for r in local if r["kind"] == k], m, grid)
                                             for k in kinds}
         out[m] = res
@@ -816,6 +827,13 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
            md_table(["kind (L-test SRCC)"] + methods, lkind_rows), ""]
     if crit:
         md += [f"Localisation on the local set ({crit[0]}):", "", md_table(loc_header, loc_rows), ""]
+        levels_seen = list(report["methods"][crit[0]]["score_by_severity"])
+        md += ["Scale on unseen photos: mean score of the globally degraded images by severity, against the "
+               "score the critic is trained to give one whole-image defect of that severity, 100 (1 - s):", "",
+               md_table(["severity", "trained for"] + crit,
+                        [[f"{s:g}", f"{100 * (1 - s):.0f}"]
+                         + [f"{report['methods'][m]['score_by_severity'][s]:.1f}" for m in crit]
+                         for s in levels_seen]), ""]
     if gaps:
         md += ["Quantized backends against the fp32 numpy reference (same images):", "",
                md_table(list(GAP_HEADER), gaps), ""]

@@ -313,3 +313,9 @@ def test_whole_process_timings_run_the_package_from_bytecode():
     pyc.unlink(missing_ok=True)
     speed.byte_compile_qds()
     assert pyc.is_file()  # as `pip install .` leaves it, even where Python itself writes no bytecode
+
+
+def test_score_by_severity_averages_each_level_with_pristine_as_zero():
+    records = [{"severity": None, "scores": {"qds/onnx": 90.0}}, {"severity": 0.0, "scores": {"qds/onnx": 70.0}},
+               {"severity": 0.4, "scores": {"qds/onnx": 50.0}}, {"severity": 0.4, "scores": {"qds/onnx": 40.0}}]
+    assert acc.score_by_severity(records, "qds/onnx") == {0.0: 80.0, 0.4: 45.0}
