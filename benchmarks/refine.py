@@ -90,11 +90,11 @@ def _measure(ref: np.ndarray, img: np.ndarray, score: float, niqe_fn) -> dict:
 
 
 def run_items(photos: Sequence[Path], root: Path, kinds: Sequence[str], seed: int, max_steps: int,
-              model: str | None = None, margin: float | None = None) -> list[dict]:
+              model: str | None, margin: float) -> list[dict]:
     from export import synth
     from qds_lite import load
     from qds_lite.protocol import GRID
-    from qds_lite.refine import SCORE_MARGIN, refine
+    from qds_lite.refine import refine
 
     from .baselines import niqe_score
 
@@ -116,7 +116,7 @@ def run_items(photos: Sequence[Path], root: Path, kinds: Sequence[str], seed: in
                 img = base if it["kind"] is None else synth.apply(
                     base, [synth.Degradation(it["kind"], it["severity"], it["region"], it["seed"])])
                 t = time.perf_counter()
-                r = refine(critic, img, max_steps=max_steps, margin=SCORE_MARGIN if margin is None else margin)
+                r = refine(critic, img, max_steps=max_steps, margin=margin)
                 seconds = time.perf_counter() - t
                 refined = np.asarray(r.image)
                 generic = generic_enhance(img)
@@ -220,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from export import synth
     from export.data import pristine_dir, pristine_photos
+    from qds_lite.refine import SCORE_MARGIN
 
     kinds = args.kinds.split(",") if args.kinds else list(synth.KINDS)
     unknown = set(kinds) - set(synth.KINDS)
@@ -228,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = _dt.datetime.now(_dt.timezone.utc)
     root = pristine_dir()
     photos = pick_photos(pristine_photos(args.split, root), args.photos)
-    records = run_items(photos, root, kinds, args.seed, args.max_steps, args.model, args.margin)
+    margin = SCORE_MARGIN if args.margin is None else args.margin
+    records = run_items(photos, root, kinds, args.seed, args.max_steps, args.model, margin)
     summary = summarise(records, kinds)
     minutes = (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds() / 60
     command = "python -m benchmarks.refine" + (" " + shlex.join(argv) if argv else "")
@@ -262,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc = {"command": command, "started": started.isoformat(), "minutes": minutes, "split": args.split,
            "photos": [p.relative_to(root).as_posix() for p in photos], "kinds": kinds,
            "settings": {"severity_range": SEVERITY_RANGE, "max_steps": args.max_steps, "seed": args.seed,
-                        "margin": args.margin, "long_side": 768, "improved_if_dssim_over": IMPROVED},
+                        "margin": margin, "long_side": 768, "improved_if_dssim_over": IMPROVED},
            "summary": summary, "records": records}
     (out / "refine.json").write_text(json.dumps(_jsonable(doc), indent=1) + "\n")
     print(f"wrote {out / 'refine.json'}, {out / 'refine.md'}", file=sys.stderr)
