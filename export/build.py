@@ -31,6 +31,7 @@ import torch
 
 from export import golden, manifest, oracle
 from export.data import pristine_photos, trunk_arrays
+from export.diagnosis import DECODING as DIAGNOSIS_DECODING
 from export.diagnosis import SETTINGS as DIAGNOSIS_SETTINGS
 from export.diagnosis import train_diagnosis
 from export.gguf_export import export as export_gguf
@@ -261,7 +262,7 @@ def main() -> None:
         "reused_head": reused and diag_reused, "diagnosis": diag_log,
     }
     export_all(trunk | round_to_half(head | diag), cfg, a.out, a.work, training, a.int8_encoder,
-               diagnosis={k: diag_log[k] for k in ("support", "spread", "type_weight", "zoom_weight", "find_margin")})
+               diagnosis={k: diag_log[k] for k in ("support", "spread", *DIAGNOSIS_DECODING)})
     print(json.dumps(history[-1]))
 
 

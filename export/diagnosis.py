@@ -53,9 +53,9 @@ ZOOM_WEIGHT = 0.0
 # How many logits <find> must beat <eos> by: fewer findings on clean photos, and fewer right ones (measured on
 # dev, README "Findings only for damage a viewer would notice"), so off.
 FIND_MARGIN = 0.0
+DECODING = {"type_weight": TYPE_WEIGHT, "zoom_weight": ZOOM_WEIGHT, "find_margin": FIND_MARGIN}  # -> manifest
 SETTINGS = {"hidden": HIDDEN, "epochs": [GLANCE_EPOCHS, ZOOM_EPOCHS], "lr": LR, "weight_decay": WEIGHT_DECAY,
-            "batch": BATCH, "present": PRESENT, "min_severity": AUX_MIN_SEVERITY,
-            "type_weight": TYPE_WEIGHT, "zoom_weight": ZOOM_WEIGHT, "find_margin": FIND_MARGIN}  # the stage's cache key
+            "batch": BATCH, "present": PRESENT, "min_severity": AUX_MIN_SEVERITY, **DECODING}  # the stage's cache key
 
 
 def tokens_of(head: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
@@ -209,7 +209,6 @@ def train_diagnosis(head: dict[str, np.ndarray], data: dict[str, np.ndarray], de
     spread, hit = choose_spread(maps, dev)
     log(f"diagnosis: support {support} (dev balanced accuracy {balanced:.3f}), "
         f"spread {spread} (dev local boxes IoU>={IOU_HIT}: {hit:.3f})")
-    return weights, {"support": support, "spread": spread, "type_weight": TYPE_WEIGHT, "zoom_weight": ZOOM_WEIGHT,
-                     "find_margin": FIND_MARGIN,
+    return weights, {"support": support, "spread": spread, **DECODING,
                      "dev_type_balanced_accuracy": round(balanced, 4),
                      "dev_box_hit": round(hit, 4), "history": g_hist + z_hist}
