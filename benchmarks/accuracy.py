@@ -258,6 +258,31 @@ def score_by_severity(records: Sequence[dict], method: str) -> dict[float, float
     return {s: float(np.mean(v)) for s, v in sorted(by_level.items())}
 
 
+def trained_for(record: dict) -> float:
+    """The score the critic is trained to give a benchmark image (``export.oracle.quality``: one defect of
+    severity s over a share a of the image scores 100 (1 - s a^0.4); pristine 100)."""
+    from export.oracle import quality
+
+    if not record["severity"]:
+        return 100.0
+    region = tuple(record["region"]) if record["region"] else None
+    return 25.0 * (quality([(record["kind"], float(record["severity"]), region)]) - 1.0)
+
+
+def scale_fit(records: Sequence[dict], method: str) -> dict:
+    """How far the scores are from the scale the critic is trained for, over every image (global and local
+    sets): mean absolute difference, share whose level word is the trained-for one, and the level words of
+    the pristine images."""
+    from qds_lite.protocol import LEVELS, level_of
+
+    scores = [float(r["scores"][method]) for r in records]
+    targets = [trained_for(r) for r in records]
+    pristine = [level_of(s) for s, r in zip(scores, records) if not r["severity"]]
+    return {"mae": float(np.mean(np.abs(np.subtract(scores, targets)))),
+            "level_match": float(np.mean([level_of(s) == level_of(t) for s, t in zip(scores, targets)])),
+            "pristine_levels": {name: pristine.count(name) for name in reversed(LEVELS)}}
+
+
 def _nanmean(values: Iterable[float]) -> float:
     v = np.asarray(list(values), dtype=np.float64)
     v = v[np.isfinite(v)]
@@ -540,6 +565,7 @@ def compute(records: Sequence[dict], methods: Sequence[str], kinds: Sequence[str
         if m.startswith(CRITIC_PREFIX):
             res["localisation"] = localisation(local, m, grid) | {"clean_flagged": clean_flagged(glob, m)}
             res["score_by_severity"] = score_by_severity(glob, m)
+            res["scale"] = scale_fit(records, m)
             res["localisation_per_kind"] = {k: localisation([r for r in local if r["kind"] == k], m, grid)
                                             for k in kinds}
         out[m] = res
@@ -834,6 +860,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                         [[f"{s:g}", f"{100 * (1 - s):.0f}"]
                          + [f"{report['methods'][m]['score_by_severity'][s]:.1f}" for m in crit]
                          for s in levels_seen]), ""]
+        md += [f"Against the trained-for score of every image (global and local sets; `trained_for`): "
+               f"{m} is {report['methods'][m]['scale']['mae']:.1f} points off on average and names the same "
+               f"level for {report['methods'][m]['scale']['level_match']:.0%} of them; pristine photos by level: "
+               + ", ".join(f"{k} {n}" for k, n in report["methods"][m]["scale"]["pristine_levels"].items()) + "."
+               for m in crit] + [""]
     if gaps:
         md += ["Quantized backends against the fp32 numpy reference (same images):", "",
                md_table(list(GAP_HEADER), gaps), ""]

@@ -14,7 +14,8 @@
    before that, the cell diagnosis that grounds the findings is trained on the trained head's tokens
    (export.diagnosis, cached in WORK/diagnosis.npz);
 5. write the manifest (sha256 and size of every file, config, training log) and the golden vectors
-   that the parity tests read when torch is not installed.
+   that the parity tests read when torch is not installed;
+6. fit the score calibration on the dev split (export.calibrate, ~2 min) into the manifest.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 from export import golden, manifest, oracle
+from export.calibrate import main as calibrate
 from export.data import pristine_photos, trunk_arrays
 from export.diagnosis import DECODING as DIAGNOSIS_DECODING
 from export.diagnosis import SETTINGS as DIAGNOSIS_SETTINGS
@@ -263,6 +265,7 @@ def main() -> None:
     }
     export_all(trunk | round_to_half(head | diag), cfg, a.out, a.work, training, a.int8_encoder,
                diagnosis={k: diag_log[k] for k in ("support", "spread", *DIAGNOSIS_DECODING)})
+    calibrate(["--model-dir", str(a.out), "--out", str(a.work / "bench" / "calibration")])
     print(json.dumps(history[-1]))
 
 

@@ -20,7 +20,7 @@ def wrote(path: Path) -> str:
     return line
 
 
-def _write_json(path: Path, doc: dict) -> None:
+def write_json(path: Path, doc: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n")
     os.replace(tmp, path)
@@ -40,7 +40,7 @@ def write(root: Path, *, name: str, config: dict, training: dict, evaluation: di
         "evaluation": evaluation if evaluation is not None else old.get("evaluation", {}),
         "total_size": sum(f["size"] for f in files),
     }
-    _write_json(path, doc)
+    write_json(path, doc)
     return path
 
 
@@ -59,11 +59,13 @@ def record_evaluation(root: Path, accuracy_json: Path, method: str = "qds/onnx")
             "D-test AUC": round(summary["d_auc"], 3), "P-test accuracy": round(summary["p_acc"], 3),
             "cross-distortion SRCC": round(summary["cross_srcc"], 3),
             "finding type top-1": round(loc["type_top1"], 3), "box IoU>=0.5": round(loc["iou_hit"], 3),
+            "score off the trained-for score": round(run["results"][method]["scale"]["mae"], 1),
+            "level = trained-for level": round(run["results"][method]["scale"]["level_match"], 3),
         },
         "baselines": baselines,
     }
     path = root / "manifest.json"
-    _write_json(path, json.loads(path.read_text()) | {"evaluation": evaluation})
+    write_json(path, json.loads(path.read_text()) | {"evaluation": evaluation})
 
 
 if __name__ == "__main__":

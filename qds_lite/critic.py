@@ -18,6 +18,7 @@ from .io import LoadedImage, Source, load_image
 from .model_store import ModelFiles, load_weights, resolve
 from .result import Result, build_result
 from .runtime import Reasoner
+from .scale import ScoreScale
 
 
 class Critic:
@@ -29,6 +30,7 @@ class Critic:
         self.backend = backend
         self.max_zooms = max_zooms
         self._reasoner = Reasoner(backend, weights, Diagnosis.of_model(weights, files.config))
+        self.scale = ScoreScale.of_config(files.config)
         self.model = {"name": files.name, "sha256": files.sha256}
 
     @classmethod
@@ -50,7 +52,8 @@ class Critic:
             raise QdsError(f"zoom budget must be between 0 and {P.N_CELLS}, not {budget}")
         traj = self._reasoner.run(loaded, budget)
         timings = {"decode": (t1 - t0) * 1e3, "model": traj.model_ms}
-        return build_result(loaded.name, traj, loaded.original_size, self.model, self.backend.name, timings)
+        return build_result(loaded.name, traj, loaded.original_size, self.model, self.backend.name, timings,
+                            self.scale)
 
     def score_many(self, images: Iterable[Source], *, zooms: int | None = None) -> Iterator[Result | QdsError]:
         """Stream results in input order; a bad input yields its QdsError instead of stopping the stream.

@@ -29,6 +29,9 @@ ZOOM_COLOUR = (0, 220, 255)
 # except the last, and all distinct from the zoom boxes' cyan.
 SEVERITY_COLOURS = ((255, 235, 0), (255, 175, 0), (255, 115, 0), (255, 45, 45), (235, 0, 255))
 LEVEL_COLOURS = ((255, 60, 60), (255, 140, 0), (255, 215, 0), (140, 225, 70), (40, 200, 90))
+# Under the level bars: they are the level distribution the critic voted; the score and its level word went
+# through the critic's calibration (qds_lite/scale.py), so they can sit above or below the tallest bar.
+DISTRIBUTION_CAPTION = "the critic's level distribution (the score is calibrated)"
 
 
 def severity_colour(severity: float) -> tuple[int, int, int]:
@@ -114,7 +117,8 @@ def render_html(image: LoadedImage | Source, result: Result, *, width: int = 120
     return _HTML.format(
         title=e(f"qds: {result.file}"), name=e(result.file), photo=_data_uri(_resized(loaded, width), 90),
         boxes=box_html, score=f"{result.score:.0f}", level=e(result.level), level_colour=level_colour,
-        bars=bars, rationale=e(result.rationale), items=list_html, crops=crop_html)
+        bars=bars, distribution_caption=DISTRIBUTION_CAPTION, rationale=e(result.rationale), items=list_html,
+        crops=crop_html)
 
 
 # --- the picture -------------------------------------------------------------------------------
@@ -158,7 +162,8 @@ def _panel(result: Result, crops: list[tuple[dict, Image.Image]], width: int, s:
     n = len(crops)
     inset = min(round(256 * s), (width - pad * (n + 1)) // n) if n else 0
     caption_h = _text_size("Ag", small)[1] + round(8 * s)
-    height = pad + head_h + pad + len(lines) * line_h + (pad + inset + caption_h if n else 0) + pad
+    dist_h = caption_h + round(6 * s)  # the caption under the level bars
+    height = pad + head_h + dist_h + pad + len(lines) * line_h + (pad + inset + caption_h if n else 0) + pad
     panel = Image.new("RGB", (width, height), BG)
     draw = ImageDraw.Draw(panel)
     # score and level
@@ -180,8 +185,12 @@ def _panel(result: Result, crops: list[tuple[dict, Image.Image]], width: int, s:
         word = name if _text_size(name, small)[0] <= slot else name[:4] + "."
         _draw_text(draw, (x + slot // 2, bar_bottom + round(8 * s)), word, small, FG if name == result.level
                    else MUTED, centre=True)
+    # the bars are what the critic voted; the score above went through its calibration (qds_lite/scale.py)
+    caption = DISTRIBUTION_CAPTION if _text_size(DISTRIBUTION_CAPTION, small)[0] <= width - pad - left else \
+        "level distribution"
+    _draw_text(draw, (left + slot // 8, pad + head_h + round(10 * s)), caption, small, MUTED)
     # rationale
-    y = pad + head_h + pad
+    y = pad + head_h + dist_h + pad
     for line in lines:
         _draw_text(draw, (pad, y), line, text, FG)
         y += line_h
@@ -336,6 +345,7 @@ aside {{ flex: 1 1 320px; max-width: 520px; }}
 .fill {{ width: 100%; }}
 .bar span {{ position: absolute; top: 100%; width: 100%; text-align: center; font-size: 14px; }}
 .bar b {{ position: absolute; top: 0; width: 100%; text-align: center; font-size: 14px; }}
+.dist {{ margin-top: -8px; font-size: 13px; color: #aaa; }}
 ul {{ list-style: none; padding: 0; }}
 li {{ padding: 6px; cursor: default; }}
 li:hover, li:focus {{ background: #333; }}
@@ -350,6 +360,7 @@ li:hover, li:focus {{ background: #333; }}
 <div class="score" style="color:{level_colour}">{score}<small>/100</small></div>
 <div class="level" style="color:{level_colour}">{level}</div>
 <div class="bars">{bars}</div>
+<div class="dist">{distribution_caption}</div>
 <p>{rationale}</p>
 <ul>{items}</ul>
 <figure id="viewer"><img id="viewer-img" alt=""><figcaption id="viewer-cap">Hover or tap a box to see

@@ -100,6 +100,11 @@ def level_score(probs) -> float:
     return 100.0 * (expected - 1.0) / (len(LEVELS) - 1)
 
 
+def level_of(score: float) -> str:
+    """The level word of a 0-100 score: the nearest of 0, 25, 50, 75, 100."""
+    return LEVELS[min(len(LEVELS) - 1, round(score / 100 * (len(LEVELS) - 1)))]
+
+
 # --- grammar ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Finding:

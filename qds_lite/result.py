@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from . import protocol as P
 from .runtime import Trajectory
+from .scale import ScoreScale
 
 SEVERITY_WORDS = ((0.2, "slight"), (0.4, "mild"), (0.6, "moderate"), (0.8, "strong"), (1.01, "severe"))
 TYPE_WORDS = {"blur": "blur", "motion_blur": "motion blur", "defocus": "defocus blur", "noise": "noise",
@@ -81,10 +82,10 @@ def rationale(findings: tuple[Finding, ...], level: str) -> str:
 
 
 def build_result(name: str, traj: Trajectory, size: tuple[int, int], model: dict, backend: str,
-                 timings_ms: dict) -> Result:
+                 timings_ms: dict, scale: ScoreScale) -> Result:
     probs = tuple(float(p) for p in traj.level_probs)
-    score = P.level_score(probs)
-    level = P.LEVELS[min(len(P.LEVELS) - 1, round(score / 100 * (len(P.LEVELS) - 1)))]
+    score = scale.score_of(probs)
+    level = P.level_of(score)
     zoom_boxes = [P.cell_box(cell) for cell, _ in traj.zooms]
     findings = []
     for f in traj.findings:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import protocol as P
 from . import vlm_protocol as V
 from .backends.gguf_backend import _import_llama_cpp
 from .errors import ModelError
@@ -347,7 +348,7 @@ class VLMCritic:
                              if zb[0] <= cx <= zb[2] and zb[1] <= cy <= zb[3]), None)
             findings.append(Finding(ftype, min(1.0, severity), frac, evidence))
         score = V.score_of(final.answer, probs)
-        level = V.level_of(score)
+        level = P.level_of(score)
         steps = [{"tool": "glance", "size": list(glance_size), "native_px": [w, h]}]
         for z in zooms:
             x0, y0, x1, y1 = z.window

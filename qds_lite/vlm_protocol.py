@@ -128,7 +128,3 @@ def score_of(answer: float, probs: tuple[float, ...]) -> float:
     expected = sum((i + 1) * p for i, p in enumerate(probs))
     x = min(5.0, max(1.0, expected + answer - int(answer)))
     return 100.0 * (x - 1.0) / 4.0
-
-
-def level_of(score: float) -> str:
-    return LEVELS[min(len(LEVELS) - 1, round(score / 100 * (len(LEVELS) - 1)))]

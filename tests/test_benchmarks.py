@@ -319,3 +319,15 @@ def test_score_by_severity_averages_each_level_with_pristine_as_zero():
     records = [{"severity": None, "scores": {"qds/onnx": 90.0}}, {"severity": 0.0, "scores": {"qds/onnx": 70.0}},
                {"severity": 0.4, "scores": {"qds/onnx": 50.0}}, {"severity": 0.4, "scores": {"qds/onnx": 40.0}}]
     assert acc.score_by_severity(records, "qds/onnx") == {0.0: 80.0, 0.4: 45.0}
+
+
+def test_scale_fit_measures_scores_against_the_trained_for_scale():
+    m = "qds/onnx"
+    records = [{"severity": 0.0, "kind": None, "region": None, "scores": {m: 90.0}},  # 100: excellent
+               {"severity": 0.4, "kind": "jpeg", "region": None, "scores": {m: 70.0}},  # 60: fair, not good
+               {"severity": 0.6, "kind": "noise", "region": [0, 0, 2, 2], "scores": {m: 70.0}}]  # quarter: 65.5, good
+    assert acc.trained_for(records[2]) == pytest.approx(100 * (1 - 0.6 * 0.25 ** 0.4))
+    fit = acc.scale_fit(records, m)
+    assert fit["mae"] == pytest.approx((10 + 10 + abs(70 - acc.trained_for(records[2]))) / 3)
+    assert fit["level_match"] == pytest.approx(2 / 3)
+    assert fit["pristine_levels"] == {"excellent": 1, "good": 0, "fair": 0, "poor": 0, "bad": 0}

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from qds_lite import protocol as P
 from qds_lite import vlm_protocol as V
 from qds_lite.errors import ModelError
 from tests.vlm_tiny import FAST, QUANTS
@@ -186,7 +187,7 @@ def test_every_quantization_scores(tiny_vlm, schema, quant):
     schema.validate(r.trace)
     assert r.model["quant"] == quant and r.backend == "gguf" and r.file == "<array>"
     assert run.logprobs_used and sum(r.level_probs) == pytest.approx(1.0)
-    assert r.score == pytest.approx(V.score_of(run.answer, r.level_probs)) and r.level == V.level_of(r.score)
+    assert r.score == pytest.approx(V.score_of(run.answer, r.level_probs)) and r.level == P.level_of(r.score)
     assert {"decode", "model", "loop"} <= set(r.timings_ms)
 
 

@@ -1,0 +1,92 @@
+"""The score scale: the calibration a critic's manifest carries, how it is fitted, and that the shipped
+critic's scores go through it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from export import calibrate
+from qds_lite import Critic
+from qds_lite import protocol as P
+from qds_lite.errors import ModelError
+from qds_lite.model_store import BUNDLED_DIR, DEFAULT_MODEL
+from qds_lite.scale import ScoreScale
+
+from .conftest import DATA
+
+
+def test_without_an_entry_the_scale_is_the_identity():
+    scale = ScoreScale.of_config({})
+    assert [scale(x) for x in (0.0, 12.5, 63.0, 100.0)] == [0.0, 12.5, 63.0, 100.0]
+
+
+def test_the_map_interpolates_between_anchors_and_keeps_order():
+    scale = ScoreScale((0.0, 20.0, 60.0, 100.0), (0.0, 40.0, 90.0, 100.0))
+    assert scale(10.0) == pytest.approx(20.0) and scale(40.0) == pytest.approx(65.0)
+    assert scale(80.0) == pytest.approx(95.0)
+    raw = np.random.default_rng(0).uniform(0, 100, 200)
+    assert np.array_equal(np.argsort(raw), np.argsort([scale(x) for x in raw]))
+
+
+@pytest.mark.parametrize("raw, score", [((0.0, 50.0, 40.0, 100.0), (0.0, 30.0, 60.0, 100.0)),  # not rising
+                                        ((0.0, 50.0, 100.0), (0.0, 60.0, 60.0)),  # flat, ends below 100
+                                        ((5.0, 100.0), (0.0, 100.0)),  # does not start at 0
+                                        ((0.0, 50.0, 100.0), (0.0, 100.0))])  # lengths differ
+def test_a_malformed_calibration_is_a_model_error(raw, score):
+    with pytest.raises(ModelError, match="calibration"):
+        ScoreScale.of_config({"calibration": {"raw": list(raw), "score": list(score)}})
+
+
+def test_a_critic_with_a_broken_calibration_entry_does_not_load(tmp_path):
+    root = tmp_path / "broken"
+    shutil.copytree(BUNDLED_DIR / DEFAULT_MODEL, root)
+    doc = json.loads((root / "manifest.json").read_text())
+    doc["config"]["calibration"] = {"raw": [0, 100]}
+    (root / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ModelError, match="calibration"):
+        Critic.load(root, backend="numpy")
+
+
+def test_the_shipped_critic_reports_calibrated_scores():
+    critic = Critic.load(backend="onnx")
+    entry = critic.files.config["calibration"]
+    assert entry["fitted"]["on"].startswith("python -m benchmarks.accuracy --split dev")  # never the test split
+    for name in ("coffee_clean.jpg", "coffee_dark.jpg"):
+        r = critic.score(DATA / name)
+        assert r.score == pytest.approx(np.interp(P.level_score(r.level_probs), entry["raw"], entry["score"]))
+        assert r.level == P.level_of(r.score)
+
+
+def _records(medians: dict[float, float]) -> list[dict]:
+    """Three global records per severity whose raw scores have the given medians."""
+    out = []
+    for sev, med in medians.items():
+        for raw in (med - 5.0, med, med + 9.0):
+            e = raw / 25.0  # expected level - 1 of a distribution on two neighbouring levels
+            lo = int(min(e, 3.0))
+            probs = [0.0] * 5
+            probs[lo], probs[lo + 1] = lo + 1 - e, e - lo
+            out.append({"set": "global", "severity": sev, "level_probs": {calibrate.METHOD: probs}})
+    out.append({"set": "local", "severity": 0.6, "level_probs": {calibrate.METHOD: [0, 0, 0, 0, 1.0]}})  # ignored
+    return out
+
+
+def test_fit_anchors_each_severity_median_to_its_trained_for_score():
+    scale = calibrate.fit(_records({0.0: 62.0, 0.2: 55.0, 0.4: 40.0, 0.6: 26.0, 0.8: 14.0}))
+    assert scale.raw == pytest.approx((0.0, 14.0, 26.0, 40.0, 55.0, 100.0))  # clean photos anchor nothing
+    assert scale.score == (0.0, 20.0, 40.0, 60.0, 80.0, 100.0)
+
+
+def test_fit_refuses_a_critic_that_does_not_rank_severities():
+    with pytest.raises(ValueError, match="not in order"):
+        calibrate.fit(_records({0.0: 62.0, 0.2: 40.0, 0.4: 55.0, 0.6: 30.0}))
+
+
+def test_calibration_is_fitted_on_the_dev_split_only(tmp_path):
+    run = {"settings": {"split": "test"}, "model": {"name": DEFAULT_MODEL}, "methods": [calibrate.METHOD]}
+    with pytest.raises(SystemExit, match="dev only"):
+        calibrate.check_run(run, BUNDLED_DIR / DEFAULT_MODEL)
