@@ -10,8 +10,10 @@ Measured, all in the same run (so a busy machine slows the baselines as much as 
 (c) whole-process bare Pillow decode of the same file (``python -c`` that opens and loads it);
     plus ``python -c pass`` (interpreter start-up alone) for reference;
 (d) in-process model time per image (glance + zooms, decoding excluded: ``Result.timings_ms["model"]``) for
-    each backend that loads here (onnx, numpy, gguf), median of N after one warm-up, and the ratios
-    numpy/onnx and gguf/onnx; in-process decode time (``qds_lite.io.load_image``) for reference;
+    each backend that loads here (onnx, numpy, gguf): the steady state of a batch, median of N rounds run
+    round-robin over the backends after ``qds_lite.bench.WARMUP`` runs each, and the ratios numpy/onnx and
+    gguf/onnx; the first image's model time in a fresh ``qds score --json`` process (what one shell command pays: the
+    first encoder runs allocate), median of N; in-process decode time (``qds_lite.io.load_image``);
 (e) peak RSS of each whole process above (``os.wait4`` rusage of that very child);
 (f) peak RSS of one ``qds score`` process on a 24 MP and on a 100 MP JPEG (made the same way) against
     DESIGN.md's budgets (400 MB, 1.5 GB), beside a Pillow process decoding the same file (``--no-memory``
@@ -232,8 +234,11 @@ def measure_memory(out: Path, model: str | None) -> dict:
 
 
 def measure_models(image: Path, model: str | None, threads: int | None, repeat: int) -> tuple[dict, dict]:
-    """Per backend: model ms (median/min over ``repeat`` after a warm-up) and the score; skipped ones."""
+    """Per backend: steady-state model ms (median/min over ``repeat`` rounds, backends round-robin after
+    ``WARMUP`` runs each, so that neither the process's own warm-up nor a burst of background load falls on one
+    backend) and the score; skipped ones."""
     import qds_lite
+    from qds_lite.bench import WARMUP
     from qds_lite.io import load_image
 
     decode_ms = []
@@ -241,26 +246,42 @@ def measure_models(image: Path, model: str | None, threads: int | None, repeat: 
         t = time.perf_counter()
         loaded = load_image(image)
         decode_ms.append((time.perf_counter() - t) * 1e3)
-    results, skipped = {}, {}
+    critics, skipped = {}, {}
     for name in BACKENDS:
         try:
-            critic = qds_lite.load(model, backend=name, threads=threads)
+            critics[name] = qds_lite.load(model, backend=name, threads=threads)
         except Exception as e:  # noqa: BLE001  a missing or broken optional engine only drops that backend
             skipped[name] = f"{type(e).__name__}: {getattr(e, 'message', e)}"
             print(f"speed: skipping backend {name}: {skipped[name]}", file=sys.stderr)
-            continue
-        critic.score(loaded)  # warm-up
-        ms, score = [], None
-        for _ in range(repeat):
-            r = critic.score(loaded)
-            ms.append(float(r.timings_ms["model"]))
-            score = float(r.score)
-        results[name] = {"median_ms": statistics.median(ms), "min_ms": min(ms), "runs_ms": ms, "score": score,
-                         "zooms": sum(1 for s in r.steps if s.get("tool") == "zoom")}
+    for critic in critics.values():
+        for _ in range(WARMUP):
+            critic.score(loaded)
+    runs: dict[str, list] = {name: [] for name in critics}
+    for _ in range(repeat):
+        for name, critic in critics.items():
+            runs[name].append(critic.score(loaded))
+    results = {}
+    for name, rs in runs.items():
+        ms = [float(r.timings_ms["model"]) for r in rs]
+        results[name] = {"median_ms": statistics.median(ms), "min_ms": min(ms), "runs_ms": ms,
+                         "score": float(rs[-1].score),
+                         "zooms": sum(1 for s in rs[-1].steps if s.get("tool") == "zoom")}
         print(f"speed: in-process {name}: {results[name]['median_ms']:.1f} ms", file=sys.stderr)
-        del critic
     results["_decode"] = {"median_ms": statistics.median(decode_ms), "min_ms": min(decode_ms)}
     return results, skipped
+
+
+def measure_first_image(image: Path, model: str | None, backends: Sequence[str], repeat: int) -> dict[str, dict]:
+    """Model ms of the first (and only) image of a fresh ``qds score --json`` process per backend, as one
+    shell command pays it (its first encoder runs are slower than later ones), median of ``repeat`` rounds."""
+    ms: dict[str, list[float]] = {name: [] for name in backends}
+    for _ in range(repeat):
+        for name in backends:
+            cmd = [sys.executable, "-m", "qds_lite", "score", str(image), "--json", "--backend", name]
+            out = subprocess.run(cmd + (["--model", model] if model else []), capture_output=True, text=True,
+                                 check=True).stdout
+            ms[name].append(float(json.loads(out.splitlines()[-1])["timings_ms"]["model"]))
+    return {name: {"median_ms": statistics.median(v), "min_ms": min(v), "runs_ms": v} for name, v in ms.items()}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -297,16 +318,16 @@ def build_tables(proc: dict, models: dict, memory: dict) -> dict[str, tuple[list
         ref = models.get("numpy", {}).get("score")
         diff = None if ref is None else abs(m["score"] - ref)
         m_rows.append([name, _f(m["median_ms"], ".1f"), _f(m["min_ms"], ".1f"), _f(_ratio(m["median_ms"], onnx), ".2f"),
-                       _f(m["score"], ".2f"), _f(diff, ".2f")])
+                       _f(m.get("first_image_ms"), ".1f"), _f(m["score"], ".2f"), _f(diff, ".2f")])
     m_rows.append(["(in-process decode, load_image)", _f(models["_decode"]["median_ms"], ".1f"),
-                   _f(models["_decode"]["min_ms"], ".1f"), "", "", ""])
+                   _f(models["_decode"]["min_ms"], ".1f"), "", "", "", ""])
     mem_rows = [[f"{m['size'][0]}x{m['size'][1]} JPEG ({m['megapixels']:g} MP)", _f(m["qds_score_rss_mb"], ".0f"),
                  _f(m["pillow_decode_rss_mb"], ".0f"), _f(m["budget_mb"], ".0f")] for m in memory.values()]
     tables = {
         "processes": (["whole process", "median s", "min s", "peak RSS MB"], p_rows),
         "ratios": (["ratio (same run)", "value"], r_rows),
-        "models": (["backend (in-process)", "model ms median", "min", "x onnx", "score", "abs diff vs numpy"],
-                   m_rows),
+        "models": (["backend", "model ms median (in-process)", "min", "x onnx", "first image ms (fresh process)",
+                    "score", "abs diff vs numpy"], m_rows),
     }
     if mem_rows:
         tables["memory"] = (["peak memory, one run", "qds score RSS MB", "Pillow decode RSS MB", "budget MB"],
@@ -400,6 +421,9 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(f"speed: {e}", file=sys.stderr)
         return 1
     models, skipped = measure_models(image, model, args.threads, args.repeat)
+    first = measure_first_image(image, model, [b for b in BACKENDS if b in models], args.repeat)
+    for name, f in first.items():
+        models[name] |= {"first_image_ms": f["median_ms"], "first_image_runs_ms": f["runs_ms"]}
     try:
         memory = {} if args.no_memory else measure_memory(out, model)
     except RuntimeError as e:

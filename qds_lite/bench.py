@@ -16,9 +16,12 @@ from PIL import Image
 from . import available_backends, load
 from .io import load_image
 
+WARMUP = 3  # untimed calls first: a process's first model runs are slower while onnxruntime's memory grows
+
 
 def _median_ms(fn, repeat: int) -> float:
-    fn()  # warm-up
+    for _ in range(WARMUP):
+        fn()
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()

@@ -331,3 +331,15 @@ def test_scale_fit_measures_scores_against_the_trained_for_scale():
     assert fit["mae"] == pytest.approx((10 + 10 + abs(70 - acc.trained_for(records[2]))) / 3)
     assert fit["level_match"] == pytest.approx(2 / 3)
     assert fit["pristine_levels"] == {"excellent": 1, "good": 0, "fair": 0, "poor": 0, "bad": 0}
+
+
+def test_speed_models_table_shows_steady_state_and_first_image_times():
+    speed = importlib.import_module("benchmarks.speed")
+    proc = {k: {"median_s": 0.2, "min_s": 0.1, "peak_rss_mb": 50.0} for k in speed.PROCESS_LABELS}
+    models = {"onnx": {"median_ms": 20.0, "min_ms": 18.0, "score": 50.0, "first_image_ms": 27.5},
+              "numpy": {"median_ms": 60.0, "min_ms": 55.0, "score": 50.0},
+              "_decode": {"median_ms": 70.0, "min_ms": 60.0}}
+    header, rows = speed.build_tables(proc, models, {})["models"]
+    first = header.index("first image ms (fresh process)")
+    assert rows[0][:4] == ["onnx", "20.0", "18.0", "1.00"] and rows[0][first] == "27.5"
+    assert rows[1][3] == "3.00" and rows[1][first] == "n/a"  # not measured: said so, not left blank
