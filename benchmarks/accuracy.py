@@ -258,6 +258,12 @@ def score_by_severity(records: Sequence[dict], method: str) -> dict[float, float
     return {s: float(np.mean(v)) for s, v in sorted(by_level.items())}
 
 
+def model_files_sha256(manifest: dict) -> dict[str, str]:
+    """The sha256 of each of a critic's files: what identifies its outputs (its manifest's own sha256 also
+    changes when figures or a calibration are written into it)."""
+    return {f["path"]: f["sha256"] for f in manifest["files"]}
+
+
 def trained_for(record: dict) -> float:
     """The score the critic is trained to give a benchmark image (``export.oracle.quality``: one defect of
     severity s over a share a of the image scores 100 (1 - s a^0.4); pristine 100)."""
@@ -484,7 +490,7 @@ def _load_critics(model: str | None, names: Sequence[str], threads: int | None) 
 
     files = resolve(model)  # model problems are fatal; backend problems only skip that backend
     info = {"name": files.name, "root": str(files.root), "sha256": files.sha256,
-            "version": files.manifest.get("version")}
+            "version": files.manifest.get("version"), "files": model_files_sha256(files.manifest)}
     critics, skipped = {}, {}
     for name in names:
         try:

@@ -271,16 +271,20 @@ def measure_models(image: Path, model: str | None, threads: int | None, repeat: 
     return results, skipped
 
 
-def measure_first_image(image: Path, model: str | None, backends: Sequence[str], repeat: int) -> dict[str, dict]:
+def measure_first_image(image: Path, model: str | None, threads: int | None, backends: Sequence[str],
+                        repeat: int) -> dict[str, dict]:
     """Model ms of the first (and only) image of a fresh ``qds score --json`` process per backend, as one
-    shell command pays it (its first encoder runs are slower than later ones), median of ``repeat`` rounds."""
+    shell command pays it (its first encoder runs are slower than later ones), median of ``repeat`` rounds.
+    Raises RuntimeError with the command's stderr if one fails."""
     ms: dict[str, list[float]] = {name: [] for name in backends}
     for _ in range(repeat):
         for name in backends:
             cmd = [sys.executable, "-m", "qds_lite", "score", str(image), "--json", "--backend", name]
-            out = subprocess.run(cmd + (["--model", model] if model else []), capture_output=True, text=True,
-                                 check=True).stdout
-            ms[name].append(float(json.loads(out.splitlines()[-1])["timings_ms"]["model"]))
+            cmd += (["--model", model] if model else []) + (["--threads", str(threads)] if threads else [])
+            p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if p.returncode != 0:
+                raise RuntimeError(f"{shlex.join(cmd)} failed (exit {p.returncode}):\n{p.stderr[-2000:]}")
+            ms[name].append(float(json.loads(p.stdout.splitlines()[-1])["timings_ms"]["model"]))
     return {name: {"median_ms": statistics.median(v), "min_ms": min(v), "runs_ms": v} for name, v in ms.items()}
 
 
@@ -421,14 +425,14 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         print(f"speed: {e}", file=sys.stderr)
         return 1
     models, skipped = measure_models(image, model, args.threads, args.repeat)
-    first = measure_first_image(image, model, [b for b in BACKENDS if b in models], args.repeat)
-    for name, f in first.items():
-        models[name] |= {"first_image_ms": f["median_ms"], "first_image_runs_ms": f["runs_ms"]}
     try:
+        first = measure_first_image(image, model, args.threads, [b for b in BACKENDS if b in models], args.repeat)
         memory = {} if args.no_memory else measure_memory(out, model)
     except RuntimeError as e:
         print(f"speed: {e}", file=sys.stderr)
         return 1
+    for name, f in first.items():
+        models[name] |= {"first_image_ms": f["median_ms"], "first_image_runs_ms": f["runs_ms"]}
     finished = _dt.datetime.now(_dt.timezone.utc)
     load_end = _loadavg()
 

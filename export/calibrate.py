@@ -32,6 +32,7 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks import accuracy
 from export import manifest
 from qds_lite import protocol as P
 from qds_lite.model_store import BUNDLED_DIR, DEFAULT_MODEL
@@ -45,7 +46,7 @@ def anchors(records: Sequence[dict], method: str = METHOD) -> dict[float, float]
     raw: dict[float, list[float]] = {}
     for r in records:
         if r["set"] == "global" and r["severity"]:
-            raw.setdefault(round(float(r["severity"] or 0.0), 3), []).append(P.level_score(r["level_probs"][method]))
+            raw.setdefault(round(float(r["severity"]), 3), []).append(P.level_score(r["level_probs"][method]))
     return {s: statistics.median(v) for s, v in sorted(raw.items())}
 
 
@@ -55,11 +56,12 @@ def fit(records: Sequence[dict], method: str = METHOD) -> ScoreScale:
     medians = anchors(records, method)
     if not medians:
         raise ValueError("calibration needs globally degraded images")
-    points = sorted((m, 100.0 * (1.0 - s)) for s, m in medians.items())
-    if [p[1] for p in points] != sorted(p[1] for p in points) or len({p[0] for p in points}) < len(points):
-        raise ValueError(f"median raw scores by severity are not in order of severity: {medians}")
-    raw = (0.0, *(round(m, 3) for m, _ in points), 100.0)
-    score = (0.0, *(round(t, 3) for _, t in points), 100.0)
+    points = sorted((round(m, 3), round(100.0 * (1.0 - s), 3)) for s, m in medians.items())
+    raw = (0.0, *(m for m, _ in points), 100.0)
+    score = (0.0, *(t for _, t in points), 100.0)
+    if any(b <= a for a, b in zip(raw, raw[1:])) or any(b <= a for a, b in zip(score, score[1:])):
+        raise ValueError(f"median raw scores by severity are not strictly in order of severity, inside (0, 100): "
+                         f"{medians}")
     return ScoreScale(raw, score)
 
 
@@ -77,17 +79,21 @@ def write(model_dir: Path, scale: ScoreScale, run: dict) -> None:
 
 
 def check_run(run: dict, model_dir: Path) -> None:
+    """Refuse a run on the test split, of another critic (by its files' sha256) or without onnx scores."""
     if run["settings"]["split"] != "dev":
         raise SystemExit(f"calibrate: the run is on the {run['settings']['split']} split; fit on dev only "
                          "(the test split stays for evaluation)")
-    if run["model"]["name"] != json.loads((model_dir / "manifest.json").read_text())["name"]:
-        raise SystemExit(f"calibrate: the run scored {run['model']['name']}, not the critic in {model_dir}")
+    files = accuracy.model_files_sha256(json.loads((model_dir / "manifest.json").read_text()))
+    if run["model"].get("files") != files:
+        raise SystemExit(f"calibrate: the run did not score the critic in {model_dir} (its files' sha256 differ, "
+                         "or the run does not record them); score the dev split again")
     if METHOD not in run["methods"]:
         raise SystemExit(f"calibrate: the run has no {METHOD} scores")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m export.calibrate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", type=Path, default=BUNDLED_DIR / DEFAULT_MODEL)
     ap.add_argument("--records", type=Path, default=None,
                     help="accuracy.json of a dev-split run of this critic (default: score the dev split now)")
@@ -96,10 +102,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     a = ap.parse_args(argv)
     records = a.records
     if records is None:
-        from benchmarks import accuracy
-
-        accuracy.main(["--split", "dev", "--backends", "onnx", "--no-baselines", "--model", str(a.model_dir),
-                       "--out", str(a.out)])
+        if accuracy.main(["--split", "dev", "--backends", "onnx", "--no-baselines", "--model", str(a.model_dir),
+                          "--out", str(a.out)]):
+            raise SystemExit("calibrate: scoring the dev split failed (above); the manifest is unchanged")
         records = a.out / "accuracy.json"
     run = json.loads(records.read_text())
     check_run(run, a.model_dir)

@@ -4,13 +4,13 @@ The Thurstone model, as VisualQuality-R1 uses it for its ranking reward: the cri
 ``p`` over levels 1..5 (bad..excellent) is read as the distribution of the image's quality, summarised as
 Normal(mu, sigma^2) with
 
-    mu      = sum_k k * p_k                      (the expected level; score = 100 * (mu - 1) / 4)
+    mu      = sum_k k * p_k                      (the expected level; raw score = 100 * (mu - 1) / 4)
     sigma^2 = sum_k (k - mu)^2 * p_k + VAR_FLOOR
 
 and for two images, P(i better than j) = Phi((mu_i - mu_j) / sqrt(sigma_i^2 + sigma_j^2)), Phi the standard
 normal CDF. VisualQuality-R1 takes mu and sigma from a group of sampled scores; sampling the level token
-has exactly this mean and variance. Working in level units or score units gives the same probabilities
-(the map is linear and the floor scales with it).
+has exactly this mean and variance. The comparison works on the distributions, before the critic's score
+calibration (``qds_lite.scale``); that map is monotone, so ranking by mu and by the reported score agree.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from .errors import QdsError
 from .result import SEVERITY_WORDS, Finding, Result
 
-# Variance floor in level units^2 (std 0.1 level = 2.5 score points): keeps P defined (0.5) for two
+# Variance floor in level units^2 (std 0.1 level = 2.5 raw score points): keeps P defined (0.5) for two
 # identical, fully certain predictions and stops a near-certain critic from claiming P = 1 over a hair.
 VAR_FLOOR = 0.01
 

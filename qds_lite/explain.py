@@ -29,9 +29,9 @@ ZOOM_COLOUR = (0, 220, 255)
 # except the last, and all distinct from the zoom boxes' cyan.
 SEVERITY_COLOURS = ((255, 235, 0), (255, 175, 0), (255, 115, 0), (255, 45, 45), (235, 0, 255))
 LEVEL_COLOURS = ((255, 60, 60), (255, 140, 0), (255, 215, 0), (140, 225, 70), (40, 200, 90))
-# Under the level bars: they are the level distribution the critic voted; the score and its level word went
-# through the critic's calibration (qds_lite/scale.py), so they can sit above or below the tallest bar.
-DISTRIBUTION_CAPTION = "the critic's level distribution (the score is calibrated)"
+# Under the level bars: they are the distribution the critic voted, while the score and its level word may
+# have gone through the critic's calibration (qds_lite/scale.py) and so sit above or below the tallest bar.
+DISTRIBUTION_CAPTION = "the critic's level distribution"
 
 
 def severity_colour(severity: float) -> tuple[int, int, int]:

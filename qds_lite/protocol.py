@@ -20,6 +20,7 @@ passed in directly (the reasoner never predicts them).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 # --- view geometry ---------------------------------------------------------------------------
@@ -101,8 +102,10 @@ def level_score(probs) -> float:
 
 
 def level_of(score: float) -> str:
-    """The level word of a 0-100 score: the nearest of 0, 25, 50, 75, 100."""
-    return LEVELS[min(len(LEVELS) - 1, round(score / 100 * (len(LEVELS) - 1)))]
+    """The level word of a 0-100 score: bad < 12.5 <= poor < 37.5 <= fair < 62.5 <= good < 87.5 <= excellent
+    (the nearest of 0, 25, 50, 75, 100, a boundary going up)."""
+    k = math.floor(score / 100 * (len(LEVELS) - 1) + 0.5)
+    return LEVELS[min(len(LEVELS) - 1, max(0, k))]
 
 
 # --- grammar ---------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 The raw score is 100 * (E[level] - 1) / 4 over the predicted level distribution. Trained on synthetic
 severities, the small critic's raw scale comes out compressed on photos it has never seen (a photo with a
-slight defect reads about 55 where training aims at 80, clean photos about 65). Its manifest therefore
+slight defect reads about 54 where training aims at 80, clean photos about 65). Its manifest therefore
 carries ``config["calibration"]``: a monotone piecewise-linear map through anchor points fitted on the
 dev split (``export/calibrate.py``): the median raw score of dev images with one whole-image defect of
 severity s maps to 100 * (1 - s), the score training aims at. A monotone map keeps every ranking;
@@ -11,6 +11,7 @@ critics without the entry (large VLM critics) keep their raw score.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -29,11 +30,12 @@ class ScoreScale:
     score: tuple[float, ...] = (0.0, 100.0)
 
     def __post_init__(self) -> None:
+        if len(self.raw) != len(self.score):
+            raise ModelError(f"calibration has {len(self.raw)} raw points but {len(self.score)} scores")
         for name, xs in (("raw", self.raw), ("score", self.score)):
-            if len(xs) != len(self.raw) or len(xs) < 2 or xs[0] != 0.0 or xs[-1] != 100.0 or \
+            if len(xs) < 2 or xs[0] != 0.0 or xs[-1] != 100.0 or not all(math.isfinite(x) for x in xs) or \
                     any(b <= a for a, b in zip(xs, xs[1:])):
-                raise ModelError(f"calibration {name} points must rise strictly from 0 to 100, one per anchor: "
-                                 f"{list(xs)}")
+                raise ModelError(f"calibration {name} points must rise strictly from 0 to 100: {list(xs)}")
 
     @classmethod
     def of_config(cls, config: Mapping) -> ScoreScale:

@@ -63,8 +63,10 @@ NS = {
     "qds": QDS_NS,
 }
 STYLES = ("append", "replace")
-# Score thresholds for 5, 4, 3 and 2 stars (below the last: 1 star). Chosen so that a typical shoot spreads
-# over the stars: >=85 "excellent" keepers, >=70 good, >=50 usable, >=35 weak, rest poor.
+# Score thresholds for 5, 4, 3 and 2 stars (below the last: 1 star). On the calibrated scale (qds_lite/scale.py:
+# one whole-image defect of severity s scores about 100 (1 - s)): >=85 no visible defect, >=70 about a slight
+# one (severity 0.2 scores 80), >=50 mild (0.4: 60), >=35 moderate (0.6: 40), below that strong; the default
+# reject threshold, 20, is a typical severity-0.8 photo.
 DEFAULT_THRESHOLDS = (85.0, 70.0, 50.0, 35.0)
 
 _RDF, _XMP, _QDS = (f"{{{NS[p]}}}" for p in ("rdf", "xmp", "qds"))

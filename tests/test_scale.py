@@ -35,7 +35,8 @@ def test_the_map_interpolates_between_anchors_and_keeps_order():
 @pytest.mark.parametrize("raw, score", [((0.0, 50.0, 40.0, 100.0), (0.0, 30.0, 60.0, 100.0)),  # not rising
                                         ((0.0, 50.0, 100.0), (0.0, 60.0, 60.0)),  # flat, ends below 100
                                         ((5.0, 100.0), (0.0, 100.0)),  # does not start at 0
-                                        ((0.0, 50.0, 100.0), (0.0, 100.0))])  # lengths differ
+                                        ((0.0, 50.0, 100.0), (0.0, 100.0)),  # lengths differ
+                                        ((0.0, float("nan"), 100.0), (0.0, 50.0, 100.0))])  # NaN compares false
 def test_a_malformed_calibration_is_a_model_error(raw, score):
     with pytest.raises(ModelError, match="calibration"):
         ScoreScale.of_config({"calibration": {"raw": list(raw), "score": list(score)}})
@@ -82,11 +83,43 @@ def test_fit_anchors_each_severity_median_to_its_trained_for_score():
 
 
 def test_fit_refuses_a_critic_that_does_not_rank_severities():
-    with pytest.raises(ValueError, match="not in order"):
+    with pytest.raises(ValueError, match="not strictly in order"):
         calibrate.fit(_records({0.0: 62.0, 0.2: 40.0, 0.4: 55.0, 0.6: 30.0}))
 
 
-def test_calibration_is_fitted_on_the_dev_split_only(tmp_path):
-    run = {"settings": {"split": "test"}, "model": {"name": DEFAULT_MODEL}, "methods": [calibrate.METHOD]}
+def _run(split: str = "dev", files: dict | None = None) -> dict:
+    """A dev-split accuracy run of the bundled critic, as benchmarks.accuracy writes it."""
+    manifest = json.loads((BUNDLED_DIR / DEFAULT_MODEL / "manifest.json").read_text())
+    return {"command": "python -m benchmarks.accuracy --split dev", "settings": {"split": split},
+            "model": {"name": DEFAULT_MODEL, "files": files or {f["path"]: f["sha256"] for f in manifest["files"]}},
+            "methods": [calibrate.METHOD], "n_images": {"photos": 3},
+            "records": _records({0.0: 62.0, 0.2: 55.0, 0.4: 40.0, 0.6: 26.0, 0.8: 14.0})}
+
+
+def test_calibration_is_fitted_on_the_dev_split_only():
     with pytest.raises(SystemExit, match="dev only"):
-        calibrate.check_run(run, BUNDLED_DIR / DEFAULT_MODEL)
+        calibrate.check_run(_run(split="test"), BUNDLED_DIR / DEFAULT_MODEL)
+
+
+def test_calibration_refuses_a_run_of_other_weights():
+    with pytest.raises(SystemExit, match="did not score the critic"):
+        calibrate.check_run(_run(files={"critic.npz": "0" * 64}), BUNDLED_DIR / DEFAULT_MODEL)
+
+
+def test_calibrate_writes_the_fitted_map_into_the_manifest(tmp_path):
+    root = tmp_path / "critic"
+    shutil.copytree(BUNDLED_DIR / DEFAULT_MODEL, root)
+    (tmp_path / "run.json").write_text(json.dumps(_run()))
+    calibrate.main(["--model-dir", str(root), "--records", str(tmp_path / "run.json")])
+    entry = json.loads((root / "manifest.json").read_text())["config"]["calibration"]
+    assert entry["raw"] == pytest.approx([0.0, 14.0, 26.0, 40.0, 55.0, 100.0])
+    assert entry["fitted"]["on"] == "python -m benchmarks.accuracy --split dev" and entry["fitted"]["images"] == 12
+    critic = Critic.load(root, backend="onnx")  # the files are untouched, so it still verifies and loads
+    r = critic.score(DATA / "coffee_dark.jpg")
+    assert r.score == pytest.approx(np.interp(P.level_score(r.level_probs), entry["raw"], entry["score"]))
+
+
+@pytest.mark.parametrize("score, level", [(-3.0, "bad"), (12.4, "bad"), (12.5, "poor"), (37.5, "fair"),
+                                          (62.5, "good"), (87.5, "excellent"), (104.0, "excellent")])
+def test_level_words_follow_the_documented_bands(score, level):
+    assert P.level_of(score) == level  # a boundary goes up, as the README's bands say
