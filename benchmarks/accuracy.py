@@ -37,7 +37,7 @@ import shlex
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -248,14 +248,19 @@ def clean_flagged(records: Sequence[dict], method: str) -> float:
     return float(np.mean([bool(r["findings"][method]) for r in clean])) if clean else float("nan")
 
 
+def by_severity(records: Iterable[dict], value: Callable[[dict], float]) -> dict[float, list[float]]:
+    """``value`` of each record, grouped by severity (0 = pristine), in order of severity."""
+    groups: dict[float, list[float]] = {}
+    for r in records:
+        groups.setdefault(round(float(r["severity"] or 0.0), 3), []).append(float(value(r)))
+    return dict(sorted(groups.items()))
+
+
 def score_by_severity(records: Sequence[dict], method: str) -> dict[float, float]:
     """Mean score of the globally degraded images at each severity level (0 = pristine): the critic's scale
     on unseen photos, to set against the one it is trained for (one whole-image defect of severity s scores
     about 100 (1 - s), ``export.oracle``)."""
-    by_level: dict[float, list[float]] = {}
-    for r in records:
-        by_level.setdefault(round(float(r["severity"] or 0.0), 3), []).append(float(r["scores"][method]))
-    return {s: float(np.mean(v)) for s, v in sorted(by_level.items())}
+    return {s: float(np.mean(v)) for s, v in by_severity(records, lambda r: r["scores"][method]).items()}
 
 
 def model_files_sha256(manifest: dict) -> dict[str, str]:

@@ -171,11 +171,16 @@ PROCESS_LABELS = {
 }
 
 
+def failed(cmd: Sequence[str], rc: int, stderr: str) -> RuntimeError:
+    """The error a measured command that failed ends the run with: the command and the end of its stderr."""
+    return RuntimeError(f"{shlex.join(cmd)} failed (exit {rc}):\n{stderr[-2000:]}")
+
+
 def run_checked(cmd: Sequence[str]) -> dict:
-    """:func:`run_process`, raising RuntimeError with the command and the end of its stderr if it fails."""
+    """:func:`run_process`, raising :func:`failed` if the command fails."""
     r = run_process(cmd)
     if r["rc"] != 0:
-        raise RuntimeError(f"{shlex.join(cmd)} failed (exit {r['rc']}):\n{r['stderr'][-2000:]}")
+        raise failed(cmd, r["rc"], r["stderr"])
     return r
 
 
@@ -283,7 +288,7 @@ def measure_first_image(image: Path, model: str | None, threads: int | None, bac
             cmd += (["--model", model] if model else []) + (["--threads", str(threads)] if threads else [])
             p = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if p.returncode != 0:
-                raise RuntimeError(f"{shlex.join(cmd)} failed (exit {p.returncode}):\n{p.stderr[-2000:]}")
+                raise failed(cmd, p.returncode, p.stderr)
             ms[name].append(float(json.loads(p.stdout.splitlines()[-1])["timings_ms"]["model"]))
     return {name: {"median_ms": statistics.median(v), "min_ms": min(v), "runs_ms": v} for name, v in ms.items()}
 

@@ -43,11 +43,9 @@ METHOD = "qds/onnx"
 
 def anchors(records: Sequence[dict], method: str = METHOD) -> dict[float, float]:
     """Median raw score of the globally degraded images at each severity (clean images left out)."""
-    raw: dict[float, list[float]] = {}
-    for r in records:
-        if r["set"] == "global" and r["severity"]:
-            raw.setdefault(round(float(r["severity"]), 3), []).append(P.level_score(r["level_probs"][method]))
-    return {s: statistics.median(v) for s, v in sorted(raw.items())}
+    degraded = (r for r in records if r["set"] == "global" and r["severity"])
+    raw = accuracy.by_severity(degraded, lambda r: P.level_score(r["level_probs"][method]))
+    return {s: statistics.median(v) for s, v in raw.items()}
 
 
 def fit(records: Sequence[dict], method: str = METHOD) -> ScoreScale:
