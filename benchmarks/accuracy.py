@@ -283,15 +283,22 @@ def trained_for(record: dict) -> float:
 def scale_fit(records: Sequence[dict], method: str) -> dict:
     """How far the scores are from the scale the critic is trained for, over every image (global and local
     sets): mean absolute difference, share whose level word is the trained-for one, and the level words of
-    the pristine images."""
+    the pristine images; and what ``qds triage`` would rate them in XMP with its defaults: the pristine
+    images' stars, and how many images of each severity it would reject (-1)."""
     from qds_lite.protocol import LEVELS, level_of
+    from qds_lite.xmp import rating_for
 
     scores = [float(r["scores"][method]) for r in records]
     targets = [trained_for(r) for r in records]
     pristine = [level_of(s) for s, r in zip(scores, records) if not r["severity"]]
+    stars = [rating_for(s) for s, r in zip(scores, records) if not r["severity"]]
+    rejected = by_severity((r for r in records if r["set"] == "global"),
+                           lambda r: rating_for(float(r["scores"][method])) == -1)
     return {"mae": float(np.mean(np.abs(np.subtract(scores, targets)))),
             "level_match": float(np.mean([level_of(s) == level_of(t) for s, t in zip(scores, targets)])),
-            "pristine_levels": {name: pristine.count(name) for name in reversed(LEVELS)}}
+            "pristine_levels": {name: pristine.count(name) for name in reversed(LEVELS)},
+            "pristine_stars": {str(k): stars.count(k) for k in (5, 4, 3, 2, 1, -1)},
+            "rejected_by_severity": {f"{sev:g}": [int(sum(v)), len(v)] for sev, v in rejected.items()}}
 
 
 def _nanmean(values: Iterable[float]) -> float:
@@ -875,6 +882,13 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                f"{m} is {report['methods'][m]['scale']['mae']:.1f} points off on average and names the same "
                f"level for {report['methods'][m]['scale']['level_match']:.0%} of them; pristine photos by level: "
                + ", ".join(f"{k} {n}" for k, n in report["methods"][m]["scale"]["pristine_levels"].items()) + "."
+               for m in crit] + [""]
+        md += [f"XMP ratings `qds triage` would write with its defaults ({m}): pristine photos "
+               + ", ".join(f"{'rejected' if k == '-1' else '★' + k} {n}"
+                           for k, n in report["methods"][m]["scale"]["pristine_stars"].items())
+               + "; rejected, by severity: "
+               + ", ".join(f"{sev} {n} of {total}"
+                           for sev, (n, total) in report["methods"][m]["scale"]["rejected_by_severity"].items()) + "."
                for m in crit] + [""]
     if gaps:
         md += ["Quantized backends against the fp32 numpy reference (same images):", "",

@@ -2,6 +2,7 @@
 
     python -m export.calibrate [--model-dir DIR] [--out build/bench/calibration]
     python -m export.calibrate --records build/bench/dev/accuracy.json   # fit from an existing dev run
+    python -m export.calibrate --records build/bench/dev/accuracy.json --cv   # measure, write nothing
 
 Scores the dev split's Waterloo-style set (``benchmarks.accuracy --split dev``: every kind at severities
 0.2-0.8 over each whole dev photo; about 2 min on 2 cores) and anchors the scale (``qds_lite.scale``): the
@@ -10,13 +11,15 @@ give them (``export/oracle.py``), joined linearly and to (0, 0) and (100, 100). 
 that a few photos the critic misreads do not move an anchor.
 
 Chosen on the dev split by two-fold cross-validation over its photos (fit on half, measure on the other
-half; mean absolute distance to the trained-for score, share of images given the trained-for level):
+half; mean absolute distance to the trained-for score, share of images given the trained-for level;
+``--cv`` prints the first four rows for a dev run of the critic):
   - raw scale (no calibration): 19.3 points, 0.34;
   - these anchors: 14.4, 0.49;
   - the same plus the clean photos' median anchored inside *excellent* (at 85 / 90 / 94): 14.7 / 15.5 /
     16.1 points, 0.47 / 0.42 / 0.41: clean photos' scores spread widely, and pinning their median high
     squeezes everything above it into a few points;
-  - a regression of the trained-for score on the raw score (isotonic, or VQEG's 4-parameter logistic):
+  - a regression of the trained-for score on the raw score (isotonic, or VQEG's 4-parameter logistic;
+    measured once with a throwaway script, not kept):
     smaller errors on the dev mix but it estimates the mean over that mix (13 damaged images per clean
     one) and so pulls clean photos down to 68-78, never *excellent*.
 
@@ -48,19 +51,45 @@ def anchors(records: Sequence[dict], method: str = METHOD) -> dict[float, float]
     return {s: statistics.median(v) for s, v in raw.items()}
 
 
-def fit(records: Sequence[dict], method: str = METHOD) -> ScoreScale:
+def fit(records: Sequence[dict], method: str = METHOD, clean_at: float | None = None) -> ScoreScale:
     """The anchored scale: (0, 0), each severity's median raw score -> 100 (1 - s), (100, 100). Raises
-    ValueError where the critic does not, on median, score a worse severity lower."""
+    ValueError where the critic does not, on median, score a worse severity lower. ``clean_at`` also anchors
+    the clean images' median raw score there (an alternative measured by :func:`cross_validate`)."""
     medians = anchors(records, method)
     if not medians:
         raise ValueError("calibration needs globally degraded images")
     points = sorted((round(m, 3), round(100.0 * (1.0 - s), 3)) for s, m in medians.items())
+    if clean_at is not None:
+        clean = statistics.median(P.level_score(r["level_probs"][method]) for r in records if not r["severity"])
+        points = sorted(points + [(round(clean, 3), clean_at)])
     raw = (0.0, *(m for m, _ in points), 100.0)
     score = (0.0, *(t for _, t in points), 100.0)
     if any(b <= a for a, b in zip(raw, raw[1:])) or any(b <= a for a, b in zip(score, score[1:])):
         raise ValueError(f"median raw scores by severity are not strictly in order of severity, inside (0, 100): "
                          f"{medians}")
     return ScoreScale(raw, score)
+
+
+def cross_validate(records: Sequence[dict], method: str = METHOD, folds: int = 2,
+                   variants: Sequence[float | None] = (None, 85.0, 90.0, 94.0)) -> list[dict]:
+    """``folds``-fold cross-validation over the photos (every ``folds``-th photo of the sorted list held out
+    in turn): each variant (None: the shipped anchors; a number: also the clean median anchored there) is
+    fitted on the other photos and measured on the held-out ones with ``benchmarks.accuracy.scale_fit``
+    (mean |score - trained-for score|, share given the trained-for level), pooled over all held-out images;
+    the raw scale first, for reference."""
+    photos = sorted({r["photo"] for r in records})
+    held = [[r for r in records if photos.index(r["photo"]) % folds == k] for k in range(folds)]
+    rest = [[r for r in records if photos.index(r["photo"]) % folds != k] for k in range(folds)]
+    rows = []
+    for variant in ("raw", *variants):
+        scored = []
+        for test, train in zip(held, rest):
+            scale = ScoreScale() if variant == "raw" else fit(train, method, clean_at=variant)
+            scored += [r | {"scores": {method: scale.score_of(r["level_probs"][method])}} for r in test]
+        result = accuracy.scale_fit(scored, method)
+        rows.append({"variant": variant if variant in ("raw", None) else f"clean at {variant:g}",
+                     "mae": result["mae"], "level_match": result["level_match"]})
+    return rows
 
 
 def write(model_dir: Path, scale: ScoreScale, run: dict) -> None:
@@ -97,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="accuracy.json of a dev-split run of this critic (default: score the dev split now)")
     ap.add_argument("--out", type=Path, default=Path("build") / "bench" / "calibration",
                     help="where the dev-split run writes its report (default: %(default)s)")
+    ap.add_argument("--cv", action="store_true",
+                    help="print the two-fold cross-validation of the calibration variants; write nothing")
     a = ap.parse_args(argv)
     records = a.records
     if records is None:
@@ -106,6 +137,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         records = a.out / "accuracy.json"
     run = json.loads(records.read_text())
     check_run(run, a.model_dir)
+    if a.cv:
+        header = ("calibration (2-fold CV over dev photos)", "mean |score - trained-for|", "level match")
+        print(f"{header[0]:42s} {header[1]:>27s} {header[2]:>12s}")
+        for row in cross_validate(run["records"]):
+            name = "anchors (shipped)" if row["variant"] is None else row["variant"]
+            print(f"{name:42s} {row['mae']:27.1f} {row['level_match']:12.2f}")
+        return
     scale = fit(run["records"])
     for raw, score in zip(scale.raw[1:-1], scale.score[1:-1]):
         print(f"raw {raw:6.2f} -> {score:5.1f}")

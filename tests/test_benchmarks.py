@@ -323,14 +323,20 @@ def test_score_by_severity_averages_each_level_with_pristine_as_zero():
 
 def test_scale_fit_measures_scores_against_the_trained_for_scale():
     m = "qds/onnx"
-    records = [{"severity": 0.0, "kind": None, "region": None, "scores": {m: 90.0}},  # 100: excellent
-               {"severity": 0.4, "kind": "jpeg", "region": None, "scores": {m: 70.0}},  # 60: fair, not good
-               {"severity": 0.6, "kind": "noise", "region": [0, 0, 2, 2], "scores": {m: 70.0}}]  # quarter: 65.5, good
+    records = [{"set": "global", "severity": 0.0, "kind": None, "region": None, "scores": {m: 90.0}},  # 100: excellent
+               {"set": "global", "severity": 0.4, "kind": "jpeg", "region": None, "scores": {m: 70.0}},  # 60: fair
+               {"set": "local", "severity": 0.6, "kind": "noise", "region": [0, 0, 2, 2],
+                "scores": {m: 10.0}}]  # a quarter: 65.5, good
     assert acc.trained_for(records[2]) == pytest.approx(100 * (1 - 0.6 * 0.25 ** 0.4))
     fit = acc.scale_fit(records, m)
-    assert fit["mae"] == pytest.approx((10 + 10 + abs(70 - acc.trained_for(records[2]))) / 3)
-    assert fit["level_match"] == pytest.approx(2 / 3)
+    assert fit["mae"] == pytest.approx((10 + 10 + abs(10 - acc.trained_for(records[2]))) / 3)
+    assert fit["level_match"] == pytest.approx(1 / 3)
     assert fit["pristine_levels"] == {"excellent": 1, "good": 0, "fair": 0, "poor": 0, "bad": 0}
+    # XMP: the pristine photo gets 5 stars; the local image scored 10 would be rejected but is not counted
+    assert fit["pristine_stars"] == {"5": 1, "4": 0, "3": 0, "2": 0, "1": 0, "-1": 0}
+    assert fit["rejected_by_severity"] == {"0": [0, 1], "0.4": [0, 1]}
+    records[1]["scores"][m] = 19.9  # below the default --reject-below 20
+    assert acc.scale_fit(records, m)["rejected_by_severity"]["0.4"] == [1, 1]
 
 
 def test_speed_models_table_shows_steady_state_and_first_image_times():

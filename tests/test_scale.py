@@ -62,16 +62,21 @@ def test_the_shipped_critic_reports_calibrated_scores():
         assert r.level == P.level_of(r.score)
 
 
+def _probs(raw: float) -> list[float]:
+    """A level distribution on two neighbouring levels whose raw score is ``raw``."""
+    e = raw / 25.0  # expected level - 1
+    lo = int(min(e, 3.0))
+    probs = [0.0] * 5
+    probs[lo], probs[lo + 1] = lo + 1 - e, e - lo
+    return probs
+
+
 def _records(medians: dict[float, float]) -> list[dict]:
     """Three global records per severity whose raw scores have the given medians."""
     out = []
     for sev, med in medians.items():
         for raw in (med - 5.0, med, med + 9.0):
-            e = raw / 25.0  # expected level - 1 of a distribution on two neighbouring levels
-            lo = int(min(e, 3.0))
-            probs = [0.0] * 5
-            probs[lo], probs[lo + 1] = lo + 1 - e, e - lo
-            out.append({"set": "global", "severity": sev, "level_probs": {calibrate.METHOD: probs}})
+            out.append({"set": "global", "severity": sev, "level_probs": {calibrate.METHOD: _probs(raw)}})
     out.append({"set": "local", "severity": 0.6, "level_probs": {calibrate.METHOD: [0, 0, 0, 0, 1.0]}})  # ignored
     return out
 
@@ -85,6 +90,26 @@ def test_fit_anchors_each_severity_median_to_its_trained_for_score():
 def test_fit_refuses_a_critic_that_does_not_rank_severities():
     with pytest.raises(ValueError, match="not strictly in order"):
         calibrate.fit(_records({0.0: 62.0, 0.2: 40.0, 0.4: 55.0, 0.6: 30.0}))
+
+
+def test_cross_validation_measures_each_variant_on_held_out_photos():
+    """Raw scores squeezed the same way on every photo (raw = 20 + t / 2 for a trained-for score t): the raw
+    scale is off by |20 - t / 2| (14 on average over t = 100, 80, 60, 40, 20); anchors fitted on the other
+    photos undo the squeeze on the degraded images and leave clean ones at 85 instead of 100 (15 off on one
+    image in five: 3); anchoring the clean median at 94 as well leaves them 6 off (1.2)."""
+    from benchmarks.accuracy import trained_for
+
+    records = []
+    for photo in ("a.jpg", "b.jpg", "c.jpg", "d.jpg"):
+        for sev in (0.0, 0.2, 0.4, 0.6, 0.8):
+            r = {"photo": photo, "set": "global", "kind": "gaussian_blur" if sev else None, "severity": sev,
+                 "region": None}
+            r["level_probs"] = {calibrate.METHOD: _probs(20.0 + 0.5 * trained_for(r))}
+            records.append(r)
+    rows = {r["variant"]: r for r in calibrate.cross_validate(records)}
+    assert rows["raw"]["mae"] == pytest.approx(14.0)
+    assert rows[None]["mae"] == pytest.approx(3.0) and rows["clean at 94"]["mae"] == pytest.approx(1.2)
+    assert rows[None]["level_match"] == pytest.approx(0.8)  # clean photos read good (85), not excellent
 
 
 def _run(split: str = "dev", files: dict | None = None) -> dict:
@@ -117,6 +142,19 @@ def test_calibrate_writes_the_fitted_map_into_the_manifest(tmp_path):
     critic = Critic.load(root, backend="onnx")  # the files are untouched, so it still verifies and loads
     r = critic.score(DATA / "coffee_dark.jpg")
     assert r.score == pytest.approx(np.interp(P.level_score(r.level_probs), entry["raw"], entry["score"]))
+
+
+def test_calibrate_cv_writes_nothing(tmp_path, capsys):
+    root = tmp_path / "critic"
+    shutil.copytree(BUNDLED_DIR / DEFAULT_MODEL, root)
+    before = (root / "manifest.json").read_bytes()
+    run = _run()
+    run["records"] = [r | {"photo": f"p{i % 2}.jpg", "kind": "gaussian_blur" if r["severity"] else None,
+                           "region": None} for i, r in enumerate(run["records"]) if r["set"] == "global"]
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    calibrate.main(["--model-dir", str(root), "--records", str(tmp_path / "run.json"), "--cv"])
+    assert "anchors (shipped)" in capsys.readouterr().out
+    assert (root / "manifest.json").read_bytes() == before
 
 
 @pytest.mark.parametrize("score, level", [(-3.0, "bad"), (12.4, "bad"), (12.5, "poor"), (37.5, "fair"),
