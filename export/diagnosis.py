@@ -53,7 +53,11 @@ ZOOM_WEIGHT = 0.0
 # How many logits <find> must beat <eos> by: fewer findings on clean photos, and fewer right ones (measured on
 # dev, README "Findings only for damage a viewer would notice"), so off.
 FIND_MARGIN = 0.0
-DECODING = {"type_weight": TYPE_WEIGHT, "zoom_weight": ZOOM_WEIGHT, "find_margin": FIND_MARGIN}  # -> manifest
+# How many suspect cells the runtime reads at native resolution after the verdict, for the findings alone
+# (qds_lite.runtime.Reasoner._check); chosen on the dev split with the command above (README, "Findings").
+CHECK_ZOOMS = 4
+DECODING = {"type_weight": TYPE_WEIGHT, "zoom_weight": ZOOM_WEIGHT, "find_margin": FIND_MARGIN,
+            "check_zooms": CHECK_ZOOMS}  # -> manifest
 SETTINGS = {"hidden": HIDDEN, "epochs": [GLANCE_EPOCHS, ZOOM_EPOCHS], "lr": LR, "weight_decay": WEIGHT_DECAY,
             "batch": BATCH, "present": PRESENT, "min_severity": AUX_MIN_SEVERITY, **DECODING}  # the stage's cache key
 

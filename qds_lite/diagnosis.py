@@ -11,12 +11,16 @@ the reasoner's findings in that map:
   already reported; when no type is left, the findings end; among the types left, the reasoner's
   logits are weighed with the map's (``type_weight`` x log support);
 - its box is forced to the cells that show it: the most confident cell and the 4-connected cells whose
-  probability reaches ``spread`` times its own (their bounding box, on the protocol grid).
+  probability reaches ``spread`` times its own (their bounding box, on the protocol grid);
+- before the findings, once the verdict is given, the runtime reads the ``check_zooms`` cells the map finds
+  most suspect and the reasoner did not zoom into at native resolution through the zoom head alone, so the
+  map the findings are grounded in rests on more native evidence (the verdict and the reasoner's context
+  are unchanged).
 
-``support`` and ``spread`` are chosen on the development samples by ``export.diagnosis``, ``type_weight``
-(and ``zoom_weight``, which steers zooms towards cells that look damaged, and ``find_margin``, which asks
-more confidence before a finding opens: both measured, off in the shipped critic) on the development split
-by the accuracy benchmark; all travel in the manifest. The logic is
+``support`` and ``spread`` are chosen on the development samples by ``export.diagnosis``, ``type_weight``,
+``check_zooms`` (and ``zoom_weight``, which steers zooms towards cells that look damaged, and
+``find_margin``, which asks more confidence before a finding opens: both measured, off in the shipped
+critic) on the development split by the accuracy benchmark; all travel in the manifest. The logic is
 NumPy on the backend's tokens, so it is the same on every backend.
 """
 
@@ -41,13 +45,15 @@ class Diagnosis:
     """The two heads of one critic and its grounding thresholds."""
 
     def __init__(self, weights: Mapping[str, np.ndarray], support: float, spread: float,
-                 type_weight: float = 0.0, zoom_weight: float = 0.0, find_margin: float = 0.0) -> None:
+                 type_weight: float = 0.0, zoom_weight: float = 0.0, find_margin: float = 0.0,
+                 check_zooms: int = 0) -> None:
         self.weights = weights
         self.support = support
         self.spread = spread
         self.type_weight = type_weight
         self.zoom_weight = zoom_weight
         self.find_margin = find_margin
+        self.check_zooms = check_zooms
 
     @classmethod
     def of_model(cls, weights: Mapping[str, np.ndarray], config: Mapping) -> Diagnosis | None:
@@ -56,7 +62,8 @@ class Diagnosis:
         if settings is None or "diag.glance.w1" not in weights:
             return None
         return cls(weights, float(settings["support"]), float(settings["spread"]),
-                   *(float(settings.get(k, 0.0)) for k in ("type_weight", "zoom_weight", "find_margin")))
+                   *(float(settings.get(k, 0.0)) for k in ("type_weight", "zoom_weight", "find_margin")),
+                   check_zooms=int(settings.get("check_zooms", 0)))
 
     def glance(self, tokens: np.ndarray) -> np.ndarray:
         """Glance tokens (cells, d) -> per-cell probabilities (cells, types + clean)."""
@@ -81,6 +88,12 @@ class CellMap:
     def zoomed(self, cell: int, zoom_tokens: np.ndarray) -> None:
         """A zoom on ``cell`` replaces the glance's reading of that cell with the native-resolution one."""
         self.probs[cell] = self.diagnosis.zoom(self.glance_tokens[cell], zoom_tokens)
+
+    def to_check(self, zoomed: set[int]) -> list[int]:
+        """The ``check_zooms`` cells not zoomed into yet that most look damaged: after the verdict, the
+        runtime reads them at native resolution for the findings alone."""
+        order = np.argsort(self.probs[:, CLEAN], kind="stable")
+        return [int(c) for c in order if int(c) not in zoomed][:self.diagnosis.check_zooms]
 
     def supported(self, type_index: int) -> bool:
         return bool(self.probs[:, type_index].max() >= self.diagnosis.support)

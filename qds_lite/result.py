@@ -93,9 +93,10 @@ def build_result(name: str, traj: Trajectory, size: tuple[int, int], model: dict
         evidence = next((i + 1 for i, zb in enumerate(zoom_boxes) if _inside(zb, box)), None)
         findings.append(Finding(P.FINDING_TYPES[f.type_index], P.severity_of_bin(f.severity_bin), box, evidence))
     steps = [{"tool": "glance", "size": [P.GLANCE_SIZE, P.GLANCE_SIZE], "native_px": list(size)}]
-    for cell, (x0, y0, x1, y1) in traj.zooms:
-        steps.append({"tool": "zoom", "box": list(P.cell_box(cell)), "native_px": [x1 - x0, y1 - y0],
-                      "window": [x0, y0, x1, y1]})
+    for tool, looks in (("zoom", traj.zooms), ("check", traj.checks)):
+        for cell, (x0, y0, x1, y1) in looks:
+            steps.append({"tool": tool, "box": list(P.cell_box(cell)), "native_px": [x1 - x0, y1 - y0],
+                          "window": [x0, y0, x1, y1]})
     found = tuple(findings)
     return Result(file=name, score=score, level=level, level_probs=probs, findings=found, steps=tuple(steps),
                   rationale=rationale(found, level), model=model, backend=backend, timings_ms=timings_ms)

@@ -26,6 +26,7 @@ from .numpy_ops import softmax
 class Trajectory:
     tokens: list[int] = field(default_factory=list)
     zooms: list[tuple[int, tuple[int, int, int, int]]] = field(default_factory=list)  # (cell, pixel box)
+    checks: list[tuple[int, tuple[int, int, int, int]]] = field(default_factory=list)  # read for the findings only
     findings: list[P.Finding] = field(default_factory=list)
     level_probs: np.ndarray | None = None
     model_ms: float = 0.0
@@ -65,6 +66,8 @@ class Reasoner:
             grammar.advance(token)
             traj.tokens.append(token)
             new = [self.tok_embd[[token]]]
+            if state == "level" and cells is not None and max_zooms > 0:  # --zooms 0: the glance alone
+                self._check(image, cells, traj)
             if state == "after_zoom":
                 cell = token - P.CELL0
                 window, box = zoom_window(image.full, cell)
@@ -80,6 +83,15 @@ class Reasoner:
         traj.findings = grammar.findings
         traj.model_ms = (time.perf_counter() - t0) * 1e3
         return traj
+
+    def _check(self, image: LoadedImage, cells: CellMap, traj: Trajectory) -> None:
+        """With the verdict given, read the cells the map finds most suspect and has not seen up close at
+        native resolution, through the diagnosis only: the findings get better evidence, the verdict and
+        the reasoner's context stay as they were."""
+        for cell in cells.to_check({c for c, _ in traj.zooms}):
+            window, box = zoom_window(image.full, cell)
+            cells.zoomed(cell, self.backend.encode(window))
+            traj.checks.append((cell, box))
 
     @staticmethod
     def _allowed(grammar: P.Grammar, cells: CellMap | None) -> tuple[int, ...]:

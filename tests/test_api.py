@@ -98,7 +98,8 @@ def test_importing_qds_lite_never_imports_torch():
 
 
 def test_zooms_encode_native_pixels_not_the_glance(monkeypatch):
-    """Every zoom the reasoner asks for is a 128 px window cut from the full-resolution image."""
+    """Every zoom the reasoner asks for, and every cell checked after the verdict, is a 128 px window cut
+    from the full-resolution image."""
     from qds_lite.io import load_image
 
     critic = qds_lite.load(backend="numpy")
@@ -107,8 +108,9 @@ def test_zooms_encode_native_pixels_not_the_glance(monkeypatch):
     encode = critic.backend.encode
     monkeypatch.setattr(critic.backend, "encode", lambda view: seen.append(view.copy()) or encode(view))
     r = critic.score(image)
-    zooms = [s for s in r.steps if s["tool"] == "zoom"]
+    zooms = [s for s in r.steps if s["tool"] in ("zoom", "check")]  # in the order they were encoded
     assert len(seen) == 1 + len(zooms) and np.array_equal(seen[0], image.glance)
+    assert sum(s["tool"] == "check" for s in r.steps) == critic.files.config["diagnosis"]["check_zooms"] > 0
     for view, step in zip(seen[1:], zooms):
         x0, y0, x1, y1 = step["window"]
         assert np.array_equal(view, image.pixels[y0:y1, x0:x1])

@@ -85,6 +85,42 @@ def test_find_margin_lowers_only_the_logit_that_opens_a_finding():
     assert weighed[P.FIND] == -2.0 and np.count_nonzero(weighed) == 1
 
 
+def test_check_cells_are_the_most_suspect_ones_not_yet_zoomed():
+    m = cell_map({5: (NOISE, 0.9), 6: (BANDING, 0.6), 9: (HAZE, 0.4), 10: (NOISE, 0.35)})
+    m.diagnosis.check_zooms = 2
+    assert m.to_check({5}) == [6, 9]
+    assert m.to_check(set()) == [5, 6]
+    m.diagnosis.check_zooms = 0
+    assert m.to_check(set()) == []
+
+
+def test_checks_ground_the_findings_and_leave_the_verdict_alone():
+    """The shipped critic reads its most suspect unseen cells after the verdict: the verdict and the
+    reasoner's zooms are those of a run without checks; the checks are other cells, and --zooms 0 (the
+    glance alone) makes none."""
+    from PIL import Image
+
+    import qds_lite
+    from export import synth
+
+    from .conftest import DATA
+
+    photo = np.asarray(Image.open(DATA / "coffee_clean.jpg").convert("RGB"))
+    image = synth.apply(photo, [synth.Degradation("luma_noise", 0.7, (2, 0, 4, 2), seed=3)])
+    critic = qds_lite.load(backend="onnx")
+    checks = critic.files.config["diagnosis"]["check_zooms"]
+    with_checks = critic.score(image)
+    critic._reasoner.diagnosis.check_zooms = 0
+    without = critic.score(image)
+    assert with_checks.level_probs == without.level_probs and with_checks.score == without.score
+    looks = {tool: [s["box"] for s in with_checks.steps if s["tool"] == tool] for tool in ("zoom", "check")}
+    assert looks["zoom"] == [s["box"] for s in without.steps if s["tool"] == "zoom"]
+    assert len(looks["check"]) == checks > 0 and not set(map(tuple, looks["check"])) & set(map(tuple, looks["zoom"]))
+    assert not any(s["tool"] == "check" for s in without.steps)
+    critic._reasoner.diagnosis.check_zooms = checks
+    assert not any(s["tool"] in ("zoom", "check") for s in critic.score(image, zooms=0).steps)
+
+
 def test_pending_type_outside_a_finding_is_an_error():
     with pytest.raises(RuntimeError):
         _ = grammar_at("looking").pending_type
