@@ -13,9 +13,12 @@ classified (mean of the accuracy on damaged and on clean cells, so "clean" every
 
 Thresholds, on the dev samples with the zoom head's reading of the cells the oracle would zoom first:
 
-- ``support``: a type counts as present when some cell gives it at least this probability; chosen to
-  maximise balanced accuracy over (sample, type) pairs, present = applied with severity >= PRESENT,
-  absent = not applied (mild ones in between do not count either way);
+- ``support``, one per finding type: the type counts as present when some cell gives it at least this
+  probability; chosen per type to maximise the balanced accuracy of "present" over the dev samples,
+  present = applied with severity >= PRESENT, absent = not applied (mild ones in between do not count
+  either way). One threshold for all types (the best over every (sample, type) pair, still used for a
+  type the dev samples never show) let the heads' confident false alarms through on some types (over-
+  exposure, oversharpening, noise) and asked too much on others (README, "Findings");
 - ``spread``: how far a finding's box grows from its most confident cell; chosen to maximise the share
   of local degradations whose box reaches IoU >= 0.5 with the true region.
 
@@ -25,7 +28,12 @@ chosen with the accuracy benchmark on the dev split (README, "Grounded findings"
 
 from __future__ import annotations
 
+import argparse
+import functools
+import json
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,7 +67,8 @@ CHECK_ZOOMS = 4
 DECODING = {"type_weight": TYPE_WEIGHT, "zoom_weight": ZOOM_WEIGHT, "find_margin": FIND_MARGIN,
             "check_zooms": CHECK_ZOOMS}  # -> manifest
 SETTINGS = {"hidden": HIDDEN, "epochs": [GLANCE_EPOCHS, ZOOM_EPOCHS], "lr": LR, "weight_decay": WEIGHT_DECAY,
-            "batch": BATCH, "present": PRESENT, "min_severity": AUX_MIN_SEVERITY, **DECODING}  # the stage's cache key
+            "batch": BATCH, "present": PRESENT, "min_severity": AUX_MIN_SEVERITY, "support": "per type",
+            **DECODING}  # the stage's cache key
 
 
 def tokens_of(head: dict[str, np.ndarray], features: np.ndarray) -> np.ndarray:
@@ -147,8 +156,10 @@ def dev_maps(weights: dict[str, np.ndarray], glance: np.ndarray, zoom_glance: np
     return maps
 
 
-def choose_support(maps: list[CellMap], data: dict[str, np.ndarray]) -> tuple[float, float]:
-    """The support threshold of best balanced accuracy of "type present" over dev (sample, type) pairs."""
+def choose_support(maps: list[CellMap], data: dict[str, np.ndarray]) -> tuple[list[float], float]:
+    """Per finding type, the support threshold of best balanced accuracy of "type present" over the dev
+    samples (the pooled best for a type with no present or no absent sample), and the mean of those
+    balanced accuracies over the types the samples show."""
     top = np.stack([m.probs[:, :-1].max(0) for m in maps])  # (samples, types)
     present = np.zeros_like(top, bool)
     applied = np.zeros_like(top, bool)
@@ -159,11 +170,20 @@ def choose_support(maps: list[CellMap], data: dict[str, np.ndarray]) -> tuple[fl
             present[i, t] |= severity >= PRESENT
     absent = ~applied
 
-    def balanced(th: float) -> float:
-        return float(((top[present] >= th).mean() + (top[absent] < th).mean()) / 2)
+    def balanced(th: float, t: slice | int = slice(None)) -> float:
+        pos, neg = top[:, t][present[:, t]], top[:, t][absent[:, t]]
+        return float(((pos >= th).mean() + (neg < th).mean()) / 2)
 
-    best = max(SUPPORT_GRID, key=balanced)
-    return float(best), balanced(best)
+    pooled = max(SUPPORT_GRID, key=balanced)
+    support, scores = [], []
+    for t in range(top.shape[1]):
+        if present[:, t].any() and absent[:, t].any():
+            best = max(SUPPORT_GRID, key=functools.partial(balanced, t=t))
+            support.append(float(best))
+            scores.append(balanced(best, t))
+        else:
+            support.append(float(pooled))
+    return support, float(np.mean(scores))
 
 
 def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -208,11 +228,52 @@ def train_diagnosis(head: dict[str, np.ndarray], data: dict[str, np.ndarray], de
                               ZOOM_EPOCHS, seed, log)
     weights = g_head | z_head
     rounded = {k: v.astype(np.float16).astype(np.float32) for k, v in weights.items()}  # as shipped
-    maps = dev_maps(rounded, dev_glance, dzg, dzt, dev["zoom_cells"])
+    chosen = choose_thresholds(rounded | head, dev, log)
+    return weights, chosen | DECODING | {"history": g_hist + z_hist}
+
+
+def choose_thresholds(weights: dict[str, np.ndarray], dev: dict[str, np.ndarray], log=print) -> dict:
+    """``support`` (per type) and ``spread`` for trained heads (``diag.*``, as shipped) on the dev samples."""
+    dev_glance, dev_labels = glance_inputs(dev, weights)
+    dzg, dzt, _ = zoom_inputs(dev, dev_glance, dev_labels, weights)
+    maps = dev_maps(weights, dev_glance, dzg, dzt, dev["zoom_cells"])
     support, balanced = choose_support(maps, dev)
     spread, hit = choose_spread(maps, dev)
-    log(f"diagnosis: support {support} (dev balanced accuracy {balanced:.3f}), "
+    log(f"diagnosis: support {dict(zip(P.FINDING_TYPES, support))} (dev balanced accuracy {balanced:.3f}), "
         f"spread {spread} (dev local boxes IoU>={IOU_HIT}: {hit:.3f})")
-    return weights, {"support": support, "spread": spread, **DECODING,
-                     "dev_type_balanced_accuracy": round(balanced, 4),
-                     "dev_box_hit": round(hit, 4), "history": g_hist + z_hist}
+    return {"support": support, "spread": spread, "dev_type_balanced_accuracy": round(balanced, 4),
+            "dev_box_hit": round(hit, 4)}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Choose the grounding thresholds of an exported critic again, on the dev samples export.build cached,
+    and write them into its manifest (for a change to how they are chosen, without retraining)."""
+    from export import manifest
+    from export.build import DEV_VARIANTS, SEED
+    from export.data import trunk_arrays
+    from export.onnx_export import export_trunk
+    from export.samples import build as build_samples
+    from export.samples import load_shards
+    from qds_lite.model_store import BUNDLED_DIR, DEFAULT_MODEL
+
+    ap = argparse.ArgumentParser(prog="python -m export.diagnosis", description=main.__doc__)
+    ap.add_argument("--model-dir", type=Path, default=BUNDLED_DIR / DEFAULT_MODEL)
+    ap.add_argument("--work", type=Path, default=Path("build"), help="export.build's work folder (sample cache)")
+    ap.add_argument("--workers", type=int, default=2)
+    a = ap.parse_args(argv)
+    trunk_onnx = a.work / "trunk.onnx"
+    if not trunk_onnx.is_file():
+        export_trunk(trunk_arrays(), trunk_onnx)
+    dev = load_shards(build_samples("dev", DEV_VARIANTS, a.work / "cache", str(trunk_onnx), seed=SEED,
+                                    workers=a.workers))
+    with np.load(a.model_dir / "critic.npz") as npz:
+        weights = {k: npz[k].astype(np.float32) for k in npz.files if k.startswith(("proj.", "diag."))}
+    chosen = choose_thresholds(weights, dev)
+    path = a.model_dir / "manifest.json"
+    doc = json.loads(path.read_text())
+    doc["config"]["diagnosis"].update(support=chosen["support"], spread=chosen["spread"])
+    manifest.write_json(path, doc)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,7 @@ small heads over the same visual tokens say *where*: one names the degradation e
 cells the oracle zooms into, 59 % right against 48 % from the glance alone). The runtime then grounds
 the reasoner's findings in that map:
 
-- a finding may only name a type that some cell supports (probability >= ``support``), and not one
+- a finding may only name a type that some cell supports (probability >= that type's ``support``), and not one
   already reported; when no type is left, the findings end; among the types left, the reasoner's
   logits are weighed with the map's (``type_weight`` x log support);
 - its box is forced to the cells that show it: the most confident cell and the 4-connected cells whose
@@ -26,7 +26,7 @@ NumPy on the backend's tokens, so it is the same on every backend.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -44,11 +44,11 @@ def zoom_evidence(glance_token: np.ndarray, zoom_tokens: np.ndarray) -> np.ndarr
 class Diagnosis:
     """The two heads of one critic and its grounding thresholds."""
 
-    def __init__(self, weights: Mapping[str, np.ndarray], support: float, spread: float,
+    def __init__(self, weights: Mapping[str, np.ndarray], support: float | Sequence[float], spread: float,
                  type_weight: float = 0.0, zoom_weight: float = 0.0, find_margin: float = 0.0,
                  check_zooms: int = 0) -> None:
         self.weights = weights
-        self.support = support
+        self.support = np.broadcast_to(np.asarray(support, np.float64), (len(P.FINDING_TYPES),))  # per type
         self.spread = spread
         self.type_weight = type_weight
         self.zoom_weight = zoom_weight
@@ -61,7 +61,7 @@ class Diagnosis:
         settings = config.get("diagnosis")
         if settings is None or "diag.glance.w1" not in weights:
             return None
-        return cls(weights, float(settings["support"]), float(settings["spread"]),
+        return cls(weights, settings["support"], float(settings["spread"]),
                    *(float(settings.get(k, 0.0)) for k in ("type_weight", "zoom_weight", "find_margin")),
                    check_zooms=int(settings.get("check_zooms", 0)))
 
@@ -96,7 +96,7 @@ class CellMap:
         return [int(c) for c in order if int(c) not in zoomed][:self.diagnosis.check_zooms]
 
     def supported(self, type_index: int) -> bool:
-        return bool(self.probs[:, type_index].max() >= self.diagnosis.support)
+        return bool(self.probs[:, type_index].max() >= self.diagnosis.support[type_index])
 
     def weigh(self, state: str, logits: np.ndarray) -> np.ndarray:
         """The reasoner's logits with the map's evidence added where it has a say: over the finding types,

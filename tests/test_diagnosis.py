@@ -121,6 +121,31 @@ def test_checks_ground_the_findings_and_leave_the_verdict_alone():
     assert not any(s["tool"] in ("zoom", "check") for s in critic.score(image, zooms=0).steps)
 
 
+def test_support_is_chosen_per_type():
+    """Noise: damaged samples read 0.9, clean ones 0.6 (confident false alarms); banding: damaged 0.4,
+    clean 0.2. No single threshold separates both; one per type does, and a type the samples never show
+    gets the pooled best."""
+    pytest.importorskip("torch")
+    from export.diagnosis import choose_support
+    from export.samples import KIND_NAMES
+
+    maps, n = [], 40
+    kinds = np.full((n, 3), -1, np.int8)
+    severity = np.zeros((n, 3), np.float32)
+    region = np.full((n, 3, 4), -1, np.int8)
+    for i in range(n):
+        damaged = i % 2 == 0
+        kind, t = (("luma_noise", NOISE), ("banding", BANDING))[i // 2 % 2]
+        if damaged:
+            kinds[i, 0], severity[i, 0] = KIND_NAMES.index(kind), 0.8
+        p = {NOISE: (0.9, 0.6), BANDING: (0.4, 0.2)}[t][0 if damaged else 1]
+        maps.append(cell_map({3: (t, p)}))
+    support, balanced = choose_support(maps, {"kinds": kinds, "severity": severity, "region": region})
+    assert 0.6 < support[NOISE] <= 0.9 and 0.2 < support[BANDING] <= 0.4
+    assert balanced == pytest.approx(1.0)
+    assert support[HAZE] == support[P.FINDING_TYPES.index("upscale_artifacts")]  # both unseen: the pooled best
+
+
 def test_pending_type_outside_a_finding_is_an_error():
     with pytest.raises(RuntimeError):
         _ = grammar_at("looking").pending_type
@@ -128,7 +153,8 @@ def test_pending_type_outside_a_finding_is_an_error():
 
 def test_bundled_critic_has_a_diagnosis(weights, model_files):
     d = Diagnosis.of_model(weights, model_files.config)
-    assert d is not None and 0 < d.support < 1 and 0 < d.spread <= 1
+    assert d is not None and d.support.shape == (len(P.FINDING_TYPES),) and 0 < d.spread <= 1
+    assert np.all((0 < d.support) & (d.support < 1))
     probs = d.glance(np.zeros((P.N_CELLS, model_files.config["d_model"]), np.float32))
     assert probs.shape == (P.N_CELLS, CLEAN + 1) and np.allclose(probs.sum(1), 1)
 
@@ -203,4 +229,5 @@ def test_training_learns_the_cells_and_chooses_thresholds():
     assert {k.rsplit(".", 1)[0] for k in weights} == {"diag.glance", "diag.zoom"}
     assert max(h["dev_cell_accuracy"] for h in log["history"] if h["head"] == "diag.glance") > 0.9
     assert log["dev_type_balanced_accuracy"] > 0.9 and log["dev_box_hit"] > 0.8
-    assert 0 < log["support"] < 1 and 0 < log["spread"] <= 1
+    assert len(log["support"]) == len(P.FINDING_TYPES) and all(0 < v < 1 for v in log["support"])
+    assert 0 < log["spread"] <= 1
