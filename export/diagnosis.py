@@ -1,7 +1,9 @@
 """Train the cell diagnosis that grounds the critic's findings (qds_lite.diagnosis), and choose its thresholds.
 
 Runs after the reasoner is trained, on the same cached samples: the visual tokens come from the trained
-projection, so the heads read exactly what the runtime gives them.
+projection, so the heads read exactly what the runtime gives them. ``python -m export.diagnosis
+[--model-dir DIR]`` chooses the thresholds of an exported critic again (heads unchanged) and writes them
+into its manifest.
 
 - glance head: every glance cell -> its finding type (the most severe degradation covering it with
   severity >= export.train.AUX_MIN_SEVERITY), or "clean";
