@@ -77,9 +77,9 @@ def cross_validate(records: Sequence[dict], method: str = METHOD, folds: int = 2
     fitted on the other photos and measured on the held-out ones with ``benchmarks.accuracy.scale_fit``
     (mean |score - trained-for score|, share given the trained-for level), pooled over all held-out images;
     the raw scale first, for reference."""
-    photos = sorted({r["photo"] for r in records})
-    held = [[r for r in records if photos.index(r["photo"]) % folds == k] for k in range(folds)]
-    rest = [[r for r in records if photos.index(r["photo"]) % folds != k] for k in range(folds)]
+    fold = {photo: i % folds for i, photo in enumerate(sorted({r["photo"] for r in records}))}
+    held = [[r for r in records if fold[r["photo"]] == k] for k in range(folds)]
+    rest = [[r for r in records if fold[r["photo"]] != k] for k in range(folds)]
     rows = []
     for variant in ("raw", *variants):
         scored = []

@@ -230,15 +230,15 @@ def train_diagnosis(head: dict[str, np.ndarray], data: dict[str, np.ndarray], de
                               ZOOM_EPOCHS, seed, log)
     weights = g_head | z_head
     rounded = {k: v.astype(np.float16).astype(np.float32) for k, v in weights.items()}  # as shipped
-    chosen = choose_thresholds(rounded | head, dev, log)
+    chosen = choose_thresholds(rounded, dev, dev_glance, dzg, dzt, log)
     return weights, chosen | DECODING | {"history": g_hist + z_hist}
 
 
-def choose_thresholds(weights: dict[str, np.ndarray], dev: dict[str, np.ndarray], log=print) -> dict:
-    """``support`` (per type) and ``spread`` for trained heads (``diag.*``, as shipped) on the dev samples."""
-    dev_glance, dev_labels = glance_inputs(dev, weights)
-    dzg, dzt, _ = zoom_inputs(dev, dev_glance, dev_labels, weights)
-    maps = dev_maps(weights, dev_glance, dzg, dzt, dev["zoom_cells"])
+def choose_thresholds(weights: dict[str, np.ndarray], dev: dict[str, np.ndarray], dev_glance: np.ndarray,
+                      zoom_glance: np.ndarray, zoom_tokens: np.ndarray, log=print) -> dict:
+    """``support`` (per type) and ``spread`` for trained heads (``diag.*``, as shipped) on the dev samples,
+    from their glance tokens and cached zooms (:func:`glance_inputs`, :func:`zoom_inputs`)."""
+    maps = dev_maps(weights, dev_glance, zoom_glance, zoom_tokens, dev["zoom_cells"])
     support, balanced = choose_support(maps, dev)
     spread, hit = choose_spread(maps, dev)
     log(f"diagnosis: support {dict(zip(P.FINDING_TYPES, support))} (dev balanced accuracy {balanced:.3f}), "
@@ -270,7 +270,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                                     workers=a.workers))
     with np.load(a.model_dir / "critic.npz") as npz:
         weights = {k: npz[k].astype(np.float32) for k in npz.files if k.startswith(("proj.", "diag."))}
-    chosen = choose_thresholds(weights, dev)
+    dev_glance, dev_labels = glance_inputs(dev, weights)
+    zoom_glance, zoom_tokens, _ = zoom_inputs(dev, dev_glance, dev_labels, weights)
+    chosen = choose_thresholds(weights, dev, dev_glance, zoom_glance, zoom_tokens)
     path = a.model_dir / "manifest.json"
     doc = json.loads(path.read_text())
     doc["config"]["diagnosis"].update(support=chosen["support"], spread=chosen["spread"])
