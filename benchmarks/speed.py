@@ -10,10 +10,12 @@ Measured, all in the same run (so a busy machine slows the baselines as much as 
 (c) whole-process bare Pillow decode of the same file (``python -c`` that opens and loads it);
     plus ``python -c pass`` (interpreter start-up alone) for reference;
 (d) in-process model time per image (glance + zooms, decoding excluded: ``Result.timings_ms["model"]``) for
-    each backend that loads here (onnx, numpy, gguf): the steady state of a batch, median of N rounds run
-    round-robin over the backends after ``qds_lite.bench.WARMUP`` runs each, and the ratios numpy/onnx and
-    gguf/onnx; the first image's model time in a fresh ``qds score --json`` process (what one shell command pays: the
-    first encoder runs allocate), median of N; in-process decode time (``qds_lite.io.load_image``);
+    each backend that loads here (onnx, numpy, gguf), and for onnx once more with one encoder thread (the
+    baseline for its default threads; not with ``--threads 1``): the steady state of a batch, median of N
+    rounds run round-robin over them after ``qds_lite.bench.WARMUP`` runs each (each turn's first run
+    untimed), and the ratios to onnx; the first image's model time in a fresh ``qds score --json`` process
+    (what one shell command pays: the first encoder runs allocate), median of N; in-process decode time
+    (``qds_lite.io.load_image``);
 (e) peak RSS of each whole process above (``os.wait4`` rusage of that very child);
 (f) peak RSS of one ``qds score`` process on a 24 MP and on a 100 MP JPEG (made the same way) against
     DESIGN.md's budgets (400 MB, 1.5 GB), beside a Pillow process decoding the same file (``--no-memory``
@@ -51,6 +53,7 @@ SYNTH_SIZE = (4000, 3000)
 SYNTH_QUALITY = 92
 PLACEHOLDER_MODEL = Path("build") / "tmpmodel"
 BACKENDS = ("onnx", "numpy", "gguf")
+ONE_THREAD = "onnx, 1 encoder thread"  # the baseline for the encoder's default threads, same run
 
 
 # ------------------------------------------------------------------------------------------------
@@ -252,9 +255,12 @@ def measure_models(image: Path, model: str | None, threads: int | None, repeat: 
         loaded = load_image(image)
         decode_ms.append((time.perf_counter() - t) * 1e3)
     critics, skipped = {}, {}
-    for name in BACKENDS:
+    configs = {name: (name, threads) for name in BACKENDS}
+    if threads != 1:
+        configs[ONE_THREAD] = ("onnx", 1)
+    for name, (backend, n) in configs.items():
         try:
-            critics[name] = qds_lite.load(model, backend=name, threads=threads)
+            critics[name] = qds_lite.load(model, backend=backend, threads=n)
         except Exception as e:  # noqa: BLE001  a missing or broken optional engine only drops that backend
             skipped[name] = f"{type(e).__name__}: {getattr(e, 'message', e)}"
             print(f"speed: skipping backend {name}: {skipped[name]}", file=sys.stderr)
@@ -264,6 +270,9 @@ def measure_models(image: Path, model: str | None, threads: int | None, repeat: 
     runs: dict[str, list] = {name: [] for name in critics}
     for _ in range(repeat):
         for name, critic in critics.items():
+            # Untimed first: the engine used before this one leaves its idle threads spinning a while after
+            # it returns (onnxruntime's, OpenBLAS's), which a process running one backend never meets.
+            critic.score(loaded)
             runs[name].append(critic.score(loaded))
     results = {}
     for name, rs in runs.items():
@@ -320,7 +329,7 @@ def build_tables(proc: dict, models: dict, memory: dict) -> dict[str, tuple[list
     ]
     onnx = models.get("onnx", {}).get("median_ms")
     m_rows = []
-    for name in BACKENDS:
+    for name in (*BACKENDS, ONE_THREAD):
         if name not in models:
             continue
         m = models[name]
@@ -455,6 +464,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "peak_rss_qds_over_pillow": _ratio(proc["qds_score"]["peak_rss_mb"], proc["pillow_decode"]["peak_rss_mb"]),
         "numpy_over_onnx_model": _ratio(models.get("numpy", {}).get("median_ms"), onnx),
         "gguf_over_onnx_model": _ratio(models.get("gguf", {}).get("median_ms"), onnx),
+        "onnx_over_one_encoder_thread_model": _ratio(onnx, models.get(ONE_THREAD, {}).get("median_ms")),
     }
     doc = {
         "command": command, "argv": [sys.executable, "-m", "benchmarks.speed", *argv],

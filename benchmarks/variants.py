@@ -113,7 +113,7 @@ def load(name: str, model: str | None = None, threads: int | None = None, cache:
         from qds_lite.backends.gguf_backend import GGUFBackend, GGUFReasoner
 
         backend = GGUFBackend(files, weights, threads)
-        backend.reasoner = GGUFReasoner(_q4_0_reasoner(files, weights, folder), n_threads=threads)
+        backend.reasoner = GGUFReasoner(_q4_0_reasoner(files, weights, folder))
         backend.name = name
     else:
         raise ValueError(f"unknown variant {name!r} (choose from {', '.join(VARIANTS)})")

@@ -166,7 +166,7 @@ class GGUFBackend:
     name = "gguf"
 
     def __init__(self, files, weights: Mapping[str, np.ndarray], threads: int | None) -> None:
-        self.reasoner = GGUFReasoner(files.path("reasoner_gguf"), n_threads=threads)
+        self.reasoner = GGUFReasoner(files.path("reasoner_gguf"))  # one thread, as on onnx: onnx_backend.py
         try:
             from .onnx_backend import OnnxEncoder
 

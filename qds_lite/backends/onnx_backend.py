@@ -1,6 +1,16 @@
-"""The onnxruntime backend: the encoder graph and the reasoner's incremental step graph (key/value cache)."""
+"""The onnxruntime backend: the encoder graph and the reasoner's incremental step graph (key/value cache).
+
+Threads: the encoder's convolutions gain from a second thread (the default where the machine has two
+cores); the reasoner's steps are a few (tokens, 128) matmuls that do not, so its session runs on the
+calling thread alone. Two multi-threaded sessions are worse than either: after each run a session's
+worker threads spin, waiting for more work, on the very cores the other session is about to use. On
+2 cores that doubled the median model time, which is why an earlier session measured "two threads, no
+faster"; ``python -m benchmarks.speed`` reports the one-thread encoder beside the default in one run.
+"""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -8,14 +18,20 @@ from ..errors import BackendUnavailable
 from ..model_store import ModelFiles
 
 
+def default_threads() -> int:
+    """The encoder's threads when the caller names none: two where the machine has them."""
+    return min(2, os.cpu_count() or 1)
+
+
 def session(path, threads: int | None):
-    """An onnxruntime CPU session (raises BackendUnavailable if onnxruntime is missing)."""
+    """An onnxruntime CPU session on ``threads`` threads (default: default_threads()); raises
+    BackendUnavailable if onnxruntime is missing."""
     try:
         import onnxruntime as ort
     except ImportError as e:
         raise BackendUnavailable("onnxruntime is not installed", hint="pip install onnxruntime") from e
     so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or 1
+    so.intra_op_num_threads = threads or default_threads()
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -48,7 +64,7 @@ class OnnxBackend:
 
     def __init__(self, files: ModelFiles, threads: int | None) -> None:
         self.encode = OnnxEncoder(files.path("encoder_onnx"), threads)
-        self.reasoner = session(files.path("reasoner_onnx"), threads)
+        self.reasoner = session(files.path("reasoner_onnx"), 1)  # see the module docstring
         cfg = files.config
         self.cache_shape = (cfg["n_layers"], 1, 0, cfg["n_heads"], cfg["d_model"] // cfg["n_heads"])
 
