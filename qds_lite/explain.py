@@ -2,8 +2,9 @@
 
 Two renderings of one Result: a picture (PNG, made to be read at a glance on a phone: large type, light
 on dark, every label on a solid background) and a self-contained HTML page where hovering or tapping a
-finding or a zoom box shows the crop the critic looked at. Crops come from the full-resolution pixels
-(the zoom steps' ``window``), so they show what the critic saw, not the downscaled photo.
+finding, a zoom box or a check box shows the crop the critic looked at. Crops come from the full-resolution
+pixels (the steps' ``window``), so they show what the critic saw, not the downscaled photo. Checks (the
+cells read after the verdict, for the findings alone) are drawn thinner (dashed in HTML), labelled c1, c2, …
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .result import SEVERITY_WORDS, TYPE_WORDS, Finding, Result, describe_box
 
 BG, FG, MUTED, DARK = (18, 18, 18), (255, 255, 255), (175, 175, 175), (0, 0, 0)
 ZOOM_COLOUR = (0, 220, 255)
+CHECK_COLOUR = (180, 160, 255)  # pale violet, thinner: the checks ground findings, not the verdict
 # One colour per severity word (slight .. severe), yellow to magenta; all light enough for black text
 # except the last, and all distinct from the zoom boxes' cyan.
 SEVERITY_COLOURS = ((255, 235, 0), (255, 175, 0), (255, 115, 0), (255, 45, 45), (235, 0, 255))
@@ -48,7 +50,7 @@ def render_explanation(image: LoadedImage | Source, result: Result, *, width: in
     s = width / 1200  # every size below is for a 1200 px picture
     photo = _resized(loaded, width)
     _draw_boxes(photo, result, s)
-    panel = _panel(result, [(z, _crop(loaded, z["window"])) for z in _zooms(result)], width, s)
+    panel = _panel(result, [(z, _crop(loaded, z["window"])) for z in _steps(result, "zoom")], width, s)
     out = Image.new("RGB", (width, photo.height + panel.height), BG)
     out.paste(photo, (0, 0))
     out.paste(panel, (0, photo.height))
@@ -79,8 +81,9 @@ def write_explanation_html(source: LoadedImage | Source, result: Result, out: st
 
 def render_html(image: LoadedImage | Source, result: Result, *, width: int = 1200) -> str:
     loaded = _load(image, result)
-    zooms = _zooms(result)
+    zooms, checks = _steps(result, "zoom"), _steps(result, "check")
     crops = {f"z{n}": _crop(loaded, z["window"]) for n, z in enumerate(zooms, 1)}
+    crops |= {f"c{n}": _crop(loaded, c["window"]) for n, c in enumerate(checks, 1)}
     items = []  # (crop id, css class, colour, box, tag text, caption)
     for n, f in enumerate(result.findings):
         crop = f"z{f.evidence_zoom}" if f"z{f.evidence_zoom}" in crops else f"f{n}"
@@ -88,16 +91,17 @@ def render_html(image: LoadedImage | Source, result: Result, *, width: int = 120
             crops[crop] = _crop(loaded, _box_window(f.box, loaded.original_size))
         items.append((crop, "finding", severity_colour(f.severity), f.box, _label(f), f.describe()))
     for n, z in enumerate(zooms, 1):
-        items.append((f"z{n}", "zoom", ZOOM_COLOUR, tuple(z["box"]), str(n),
-                      f"zoom {n} ({describe_box(tuple(z['box']))}), {z['window'][2] - z['window'][0]} x "
-                      f"{z['window'][3] - z['window'][1]} native px"))
+        items.append((f"z{n}", "zoom", ZOOM_COLOUR, tuple(z["box"]), str(n), f"zoom {n} {_where(z)}"))
+    for n, c in enumerate(checks, 1):
+        items.append((f"c{n}", "check", CHECK_COLOUR, tuple(c["box"]), f"c{n}",
+                      f"check {n} {_where(c)}, read after the verdict for the findings"))
     e = html.escape
     boxes, nested = [], {}
     # Bigger boxes first, so smaller ones sit on top and stay hoverable; findings sharing a box nest inwards
     # and stack their tags (inside the box when it touches the top edge, else above it).
     for crop, cls, c, b, tag, cap in sorted(items, key=lambda it: -(it[3][2] - it[3][0]) * (it[3][3] - it[3][1])):
         k = nested[b, cls] = nested.get((b, cls), -1) + 1
-        where = f"top:{1.7 * k}em" if b[1] < 0.1 or cls == "zoom" else f"bottom:calc(100% + {1.7 * k}em)"
+        where = f"top:{1.7 * k}em" if b[1] < 0.1 or cls != "finding" else f"bottom:calc(100% + {1.7 * k}em)"
         boxes.append(
             f'<div class="box {cls}" tabindex="0" data-crop="{crop}" data-caption="{e(cap)}" style="'
             f'left:calc({b[0]:.2%} + {5 * k}px);top:calc({b[1]:.2%} + {5 * k}px);width:calc({b[2] - b[0]:.2%} - '
@@ -123,13 +127,19 @@ def render_html(image: LoadedImage | Source, result: Result, *, width: int = 120
 
 # --- the picture -------------------------------------------------------------------------------
 def _draw_boxes(photo: Image.Image, result: Result, s: float) -> None:
-    """Zoom boxes (cyan, numbered), then findings on top (severity colour, labelled), each with a dark
-    outline so it shows on light and dark photos alike. Findings with the same box nest inwards."""
+    """Check boxes (pale violet, thin, c1, c2, …), zoom boxes (cyan, numbered), then findings on top (severity
+    colour, labelled), each with a dark outline so it shows on light and dark photos alike. Findings with
+    the same box nest inwards."""
     draw, (w, h) = ImageDraw.Draw(photo), photo.size
     edge, line = max(1, round(2 * s)), max(2, round(5 * s))
     font = _font(34 * s)
     taken: list[tuple[int, int, int, int]] = []
-    for n, z in enumerate(_zooms(result), 1):
+    for n, c in enumerate(_steps(result, "check"), 1):
+        x0, y0, x1, y1 = _px(c["box"], w, h)
+        _frame(draw, (x0, y0, x1, y1), CHECK_COLOUR, edge, max(1, round(2 * s)))
+        taken.append(_text_tag(draw, (x0 + edge * 2 + line, y0 + edge * 2 + line), f" c{n} ", _font(26 * s),
+                               CHECK_COLOUR))
+    for n, z in enumerate(_steps(result, "zoom"), 1):
         x0, y0, x1, y1 = _px(z["box"], w, h)
         _frame(draw, (x0, y0, x1, y1), ZOOM_COLOUR, edge, max(2, round(3 * s)))
         taken.append(_text_tag(draw, (x0 + edge * 2 + line, y0 + edge * 2 + line), f" {n} ", font, ZOOM_COLOUR))
@@ -269,8 +279,14 @@ def _load(image: LoadedImage | Source, result: Result) -> LoadedImage:
     return loaded
 
 
-def _zooms(result: Result) -> list[dict]:
-    return [st for st in result.steps if st.get("tool") == "zoom"]
+def _steps(result: Result, tool: str) -> list[dict]:
+    """The trace's "zoom" or "check" steps, in order."""
+    return [st for st in result.steps if st.get("tool") == tool]
+
+
+def _where(step: dict) -> str:
+    w = step["window"]
+    return f"({describe_box(tuple(step['box']))}), {w[2] - w[0]} x {w[3] - w[1]} native px"
 
 
 def _resized(loaded: LoadedImage, width: int) -> Image.Image:
@@ -334,6 +350,7 @@ main {{ display: flex; flex-wrap: wrap; gap: 20px; padding: 16px; }}
 .photo > img {{ display: block; width: 100%; }}
 .box {{ position: absolute; box-sizing: border-box; border: 4px solid; outline: 1px solid #000; }}
 .box.zoom {{ border-width: 3px; }}
+.box.check {{ border-width: 2px; border-style: dashed; }}
 .box:hover, .box:focus {{ outline: 3px solid #fff; z-index: 9; }}
 .tag {{ position: absolute; left: 0; padding: 1px 6px; font-weight: 600; white-space: nowrap; }}
 aside {{ flex: 1 1 320px; max-width: 520px; }}

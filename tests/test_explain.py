@@ -17,6 +17,7 @@ from PIL import Image
 
 from qds_lite.errors import QdsError
 from qds_lite.explain import (
+    CHECK_COLOUR,
     ZOOM_COLOUR,
     render_explanation,
     render_html,
@@ -53,7 +54,7 @@ def has_colour(pixels: np.ndarray, colour) -> bool:
 
 
 def test_size_and_photo_area(dark):
-    out = render_explanation(load_image(DARK), dark, width=800)
+    out = render_explanation(load_image(DARK), dataclasses.replace(dark, findings=(), steps=dark.steps[:1]), width=800)
     assert out.mode == "RGB" and out.width == 800 and out.height > photo_height(800) + 200  # panel below
     # away from the boxes, the top part is the photo itself
     ref = np.asarray(Image.open(DARK).convert("RGB").resize((800, photo_height(800)), Image.LANCZOS), np.int16)
@@ -92,6 +93,20 @@ def test_zoom_boxes_and_insets(dark):
         x0, y0 = round(z["box"][0] * 1200), round(z["box"][1] * h)
         assert has_colour(got[y0:y0 + 12, x0 + 60:x0 + 200], ZOOM_COLOUR)  # the box's top edge
     assert has_colour(got[h:], ZOOM_COLOUR)  # the numbered insets in the panel
+
+
+def test_check_boxes_drawn_apart_from_the_zooms(dark):
+    checks = [st for st in dark.steps if st["tool"] == "check"]
+    assert checks, "the critic checked suspect cells after its verdict"
+    got = np.asarray(render_explanation(DARK, dataclasses.replace(dark, findings=()), width=1200))
+    bare = np.asarray(render_explanation(DARK, dataclasses.replace(dark, findings=(), steps=dark.steps[:1]),
+                                         width=1200))
+    h = photo_height(1200)
+    for c in checks:
+        x0, y0 = round(c["box"][0] * 1200), round(c["box"][1] * h)
+        assert has_colour(got[y0:y0 + 12, x0 + 80:x0 + 200], CHECK_COLOUR)  # the box's top edge
+    assert not has_colour(bare[:h], CHECK_COLOUR)
+    assert not has_colour(got[h:], CHECK_COLOUR)  # the panel's insets are the zooms' alone
 
 
 def test_photo_without_findings_renders(critic):
@@ -145,17 +160,20 @@ def test_atomic_write(dark, tmp_path, monkeypatch):
 def test_html_embeds_crops_and_nothing_external(dark):
     page = render_html(DARK, dark)
     zooms = [st for st in dark.steps if st["tool"] == "zoom"]
+    checks = [st for st in dark.steps if st["tool"] == "check"]
+    assert checks, "the critic checked suspect cells after its verdict"
     crops = dict(re.findall(r'<img id="crop-(\w+)" src="data:image/jpeg;base64,([^"]+)"', page))
-    assert sorted(crops) == [f"z{n}" for n in range(1, len(zooms) + 1)]
+    assert sorted(crops) == sorted([f"z{n}" for n in range(1, len(zooms) + 1)] +
+                                   [f"c{n}" for n in range(1, len(checks) + 1)])
     native = np.asarray(Image.open(DARK).convert("RGB"), np.int16)
-    for n, z in enumerate(zooms, 1):
+    for key, z in [(f"z{n}", z) for n, z in enumerate(zooms, 1)] + [(f"c{n}", c) for n, c in enumerate(checks, 1)]:
         x0, y0, x1, y1 = z["window"]
-        crop = Image.open(io.BytesIO(base64.b64decode(crops[f"z{n}"])))
+        crop = Image.open(io.BytesIO(base64.b64decode(crops[key])))
         assert crop.size == (x1 - x0, y1 - y0)  # native pixels, not the downscaled photo
         assert np.abs(np.asarray(crop, np.int16) - native[y0:y1, x0:x1]).mean() < 4
     for f in dark.findings:  # hovering a finding shows the zoom that saw it
         assert f'data-crop="z{f.evidence_zoom}" data-caption="{html.escape(f.describe())}"' in page
-    assert page.count('class="box zoom"') == len(zooms)
+    assert page.count('class="box zoom"') == len(zooms) and page.count('class="box check"') == len(checks)
     text = re.sub(r"data:image/jpeg;base64,[A-Za-z0-9+/=]+", "", page)
     assert not re.search(r"(src|href)=\"(?!data:)", page) and "http" not in text and "@import" not in text
 
