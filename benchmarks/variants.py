@@ -42,11 +42,11 @@ class TorchBackend:
         self.cfg = CriticConfig(**{k: cfg[k] for k in CriticConfig.__dataclass_fields__})
 
     def encode(self, view: np.ndarray) -> np.ndarray:
-        from kernels.model import encoder_forward
+        from kernels.model import trunk_features
 
         x = self.torch.from_numpy(view.astype(np.float32).transpose(2, 0, 1)[None] / 255.0).to(self.device)
         with self.torch.no_grad():
-            return encoder_forward(self.p, x)[0].cpu().numpy()
+            return trunk_features(self.p, x)[0].cpu().numpy()
 
     def start(self) -> TorchSession:
         return TorchSession(self)

@@ -11,7 +11,7 @@
    head is cached in WORK/head*.npz;
 4. export: critic.npz (fp16 weights, all backends' shared tables, NumPy backend), encoder ONNX fp32 ->
    static int8, reasoner ONNX fp32, reasoner GGUF Q8_0, each checked against the PyTorch reference;
-   before that, the cell diagnosis that grounds the findings is trained on the trained head's tokens
+   before that, the cell diagnosis that grounds the findings is trained on the cached pooled features
    (export.diagnosis, cached in WORK/diagnosis.npz);
 5. write the manifest (sha256 and size of every file, config, training log) and the golden vectors
    that the parity tests read when torch is not installed;
@@ -255,7 +255,7 @@ def main() -> None:
             lambda: reinforce(supervised, cfg, data, dev, epochs=a.rl_epochs, per_epoch=a.rl_samples, seed=SEED))
         history, minutes, reused = history + rl_history, (minutes or 0) + (rl_minutes or 0), reused and rl_reused
     diag, diag_log, _, diag_reused = cached_stage(a.work / "diagnosis", settings | {"diagnosis": DIAGNOSIS_SETTINGS},
-                                        a.retrain, lambda: train_diagnosis(head, data, dev, seed=SEED))
+                                        a.retrain, lambda: train_diagnosis(data, dev, seed=SEED))
     training = {
         "command": "python -m export.build", **settings,
         "samples": {"train": int(len(data["kinds"])), "dev": int(len(dev["kinds"]))},

@@ -131,8 +131,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     a = ap.parse_args(argv)
     records = a.records
     if records is None:
-        if accuracy.main(["--split", "dev", "--backends", "onnx", "--no-baselines", "--model", str(a.model_dir),
-                          "--out", str(a.out)]):
+        bundled = a.model_dir.resolve() == (BUNDLED_DIR / DEFAULT_MODEL).resolve()
+        model = [] if bundled else ["--model", str(a.model_dir)]  # the manifest records the command: no paths
+        if accuracy.main(["--split", "dev", "--backends", "onnx", "--no-baselines", *model, "--out", str(a.out)]):
             raise SystemExit("calibrate: scoring the dev split failed (above); the manifest is unchanged")
         records = a.out / "accuracy.json"
     run = json.loads(records.read_text())

@@ -14,8 +14,8 @@ from qds_lite import protocol as P
 from qds_lite.model_store import sha256_file
 
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden" / "reference.npz"
-GOLDEN_VERSION = 1
-ZOOM_CELL = 5  # the cell the golden zoom is read as (the diagnosis' zoom head takes its glance token)
+GOLDEN_VERSION = 2  # 2: the encoder's pooled features, and the diagnosis on them
+ZOOM_CELL = 5  # the cell the golden zoom is read as (the diagnosis' zoom head takes its glance features)
 
 
 def reference_views() -> tuple[np.ndarray, np.ndarray]:
@@ -39,7 +39,14 @@ def compute(weights: dict[str, np.ndarray], cfg, device: str = "cpu") -> dict[st
     torch is imported here, not at module level, so the tests can read GOLDEN without it."""
     import torch
 
-    from kernels.model import diagnose_glance, diagnose_zoom, encoder_forward, reasoner_forward, to_torch
+    from kernels.model import (
+        diagnose_glance,
+        diagnose_zoom,
+        encoder_forward,
+        reasoner_forward,
+        to_torch,
+        trunk_features,
+    )
 
     p = to_torch(weights, device)
     glance, zoom = reference_views()
@@ -47,9 +54,10 @@ def compute(weights: dict[str, np.ndarray], cfg, device: str = "cpu") -> dict[st
     with torch.no_grad():
         for name in ("glance", "zoom"):
             x = torch.from_numpy(out[name].astype(np.float32).transpose(2, 0, 1)[None] / 255.0).to(device)
+            out[f"{name}_features"] = trunk_features(p, x)[0].cpu().numpy()
             out[f"{name}_tokens"] = encoder_forward(p, x)[0].cpu().numpy()
-        if "diag.glance.w1" in p:  # the cell diagnosis, on the tokens above (a zoom on cell ZOOM_CELL)
-            glance, zoom = (torch.from_numpy(out[f"{v}_tokens"]).to(device) for v in ("glance", "zoom"))
+        if "diag.glance.w1" in p:  # the cell diagnosis, on the features above (a zoom on cell ZOOM_CELL)
+            glance, zoom = (torch.from_numpy(out[f"{v}_features"]).to(device) for v in ("glance", "zoom"))
             out["glance_diagnosis"] = diagnose_glance(p, glance).cpu().numpy()
             out["zoom_diagnosis"] = diagnose_zoom(p, glance[ZOOM_CELL], zoom).cpu().numpy()
         x = torch.from_numpy(out["embeddings"][None]).to(device)

@@ -13,10 +13,10 @@ import torch
 from kernels.model import (
     NSS_TAPS,
     CriticConfig,
-    encoder_forward,
     reasoner_forward,
     reasoner_step,
     to_torch,
+    trunk_features,
     trunk_features_and_map,
 )
 
@@ -48,9 +48,10 @@ def export_trunk(arrays: dict[str, np.ndarray], path: Path) -> None:
 
 
 def export_encoder(arrays: dict[str, np.ndarray], path: Path) -> None:
-    """pixels (1,3,H,W) in [0,1] -> visual tokens (1, cells, d_model)."""
+    """pixels (1,3,H,W) in [0,1] -> pooled cell features (1, cells, feat_dim): the runtime projects them to
+    visual tokens itself (qds_lite.runtime), and its diagnosis reads them as they are."""
     p = to_torch(arrays)
-    _export(lambda x: encoder_forward(p, x), torch.rand(1, 3, 256, 256), path, "pixels", ["tokens"],
+    _export(lambda x: trunk_features(p, x), torch.rand(1, 3, 256, 256), path, "pixels", ["features"],
             {2: "h", 3: "w"})
 
 
@@ -122,7 +123,7 @@ def quantize_encoder(fp32_path: Path, out_path: Path, calibration_views: list[np
 
 
 def verify_encoder(arrays: dict[str, np.ndarray], path: Path, views: list[np.ndarray], atol: float) -> float:
-    """Max abs difference of an exported encoder's tokens from the reference on the given NCHW views."""
+    """Max abs difference of an exported encoder's features from the reference on the given NCHW views."""
     import onnxruntime as ort
 
     p = to_torch(arrays)
@@ -130,15 +131,15 @@ def verify_encoder(arrays: dict[str, np.ndarray], path: Path, views: list[np.nda
     worst = 0.0
     for v in views:
         with torch.no_grad():
-            ref = encoder_forward(p, torch.from_numpy(v[None])).numpy()
+            ref = trunk_features(p, torch.from_numpy(v[None])).numpy()
         worst = max(worst, float(np.abs(sess.run(None, {"pixels": v[None]})[0] - ref).max()))
     if worst > atol:
-        raise SystemExit(f"{path}: tokens differ from the reference by {worst:.3g} > {atol}")
+        raise SystemExit(f"{path}: features differ from the reference by {worst:.3g} > {atol}")
     return worst
 
 
 def encoder_sqnr(arrays: dict[str, np.ndarray], path: Path, views: list[np.ndarray]) -> float:
-    """Signal-to-quantization-noise ratio (dB) of a quantized encoder's tokens against the reference."""
+    """Signal-to-quantization-noise ratio (dB) of a quantized encoder's features against the reference."""
     import onnxruntime as ort
 
     p = to_torch(arrays)
@@ -146,7 +147,7 @@ def encoder_sqnr(arrays: dict[str, np.ndarray], path: Path, views: list[np.ndarr
     sig = noise = 0.0
     for v in views:
         with torch.no_grad():
-            ref = encoder_forward(p, torch.from_numpy(v[None])).numpy()
+            ref = trunk_features(p, torch.from_numpy(v[None])).numpy()
         sig += float((ref ** 2).sum())
         noise += float(((sess.run(None, {"pixels": v[None]})[0] - ref) ** 2).sum())
     return 10 * np.log10(sig / max(noise, 1e-30))

@@ -11,11 +11,12 @@ a cell is always 64x64 view pixels) by mean and standard deviation. Pixel statis
 them, because ImageNet features are built to ignore exactly what a critic must see: mean and std of
 R, G, B and the share of clipped highlights and crushed shadows (colour casts, exposure), and the
 natural-scene statistics of :func:`scene_statistics` (noise, blur, blocking, banding, shake).
-A two-layer MLP turns the 345 numbers of a cell into a ``d_model`` visual token.
+A two-layer MLP turns the 345 numbers of a cell into a ``d_model`` visual token. (The exported encoders
+stop at the 345 pooled features, :func:`trunk_features`; the runtime applies that MLP itself.)
 
-Cell diagnosis: two small MLPs over the same visual tokens name the degradation each grid cell shows
-(or "clean"): one per glance token, one per zoom (the zoomed cell's glance token with the mean and std
-of the zoom's tokens). The runtime grounds the reasoner's findings in them (qds_lite.diagnosis).
+Cell diagnosis: two small MLPs over the same pooled features name the degradation each grid cell shows
+(or "clean"): one per glance cell, one per zoom (the zoomed cell's glance features with the mean and std
+of the zoom's cells' features). The runtime grounds the reasoner's findings in them (qds_lite.diagnosis).
 
 Reasoner: a Llama-style decoder (RMSNorm, rotary attention rotating *adjacent* pairs as llama.cpp's
 ``llama`` architecture does, SwiGLU) over the protocol's vocabulary plus visual-token embeddings.
@@ -239,22 +240,24 @@ def mlp(p: dict[str, torch.Tensor], prefix: str, x: torch.Tensor) -> torch.Tenso
     return h @ p[f"{prefix}.w2"].T + p[f"{prefix}.b2"]
 
 
-def diagnose_glance(p: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
-    """Glance visual tokens (..., cells, d_model) -> per-cell logits over the finding types, then "clean"."""
-    return mlp(p, "diag.glance", tokens)
+def diagnose_glance(p: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
+    """Glance cells' pooled features (..., cells, feat_dim) -> per-cell logits over the finding types, then
+    "clean". The heads read the encoder's pooled features, not the visual tokens: the projection to tokens
+    is trained for the reasoner and loses some of what tells one degradation from another."""
+    return mlp(p, "diag.glance", features)
 
 
-def zoom_evidence(glance_token: torch.Tensor, zoom_tokens: torch.Tensor) -> torch.Tensor:
-    """The zoom head's input: the zoomed cell's glance token (..., d), then the mean and (population) std
-    of the zoom's tokens (..., k, d) -> (..., 3d)."""
-    mean = zoom_tokens.mean(-2)
-    std = ((zoom_tokens - mean.unsqueeze(-2)) ** 2).mean(-2).sqrt()
-    return torch.cat([glance_token, mean, std], dim=-1)
+def zoom_evidence(glance_cell: torch.Tensor, zoom_cells: torch.Tensor) -> torch.Tensor:
+    """The zoom head's input: the zoomed cell's glance features (..., f), then the mean and (population)
+    std of the zoom's cells' features (..., k, f) -> (..., 3f)."""
+    mean = zoom_cells.mean(-2)
+    std = ((zoom_cells - mean.unsqueeze(-2)) ** 2).mean(-2).sqrt()
+    return torch.cat([glance_cell, mean, std], dim=-1)
 
 
-def diagnose_zoom(p: dict[str, torch.Tensor], glance_token: torch.Tensor, zoom_tokens: torch.Tensor) -> torch.Tensor:
+def diagnose_zoom(p: dict[str, torch.Tensor], glance_cell: torch.Tensor, zoom_cells: torch.Tensor) -> torch.Tensor:
     """One zoomed cell's logits over the finding types and "clean", from native-resolution evidence."""
-    return mlp(p, "diag.zoom", zoom_evidence(glance_token, zoom_tokens))
+    return mlp(p, "diag.zoom", zoom_evidence(glance_cell, zoom_cells))
 
 
 # --- reasoner ---------------------------------------------------------------------------------

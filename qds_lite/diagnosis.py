@@ -2,10 +2,10 @@
 
 The reasoner reads the glance and its zooms and says *what* is wrong and how badly, but its decoded
 box corners rarely landed on the damage (held-out box IoU >= 0.5 for 11 % of local degradations). Two
-small heads over the same visual tokens say *where*: one names the degradation each glance cell shows
-(or "clean"), the other re-reads a zoomed cell from its native-resolution tokens (on the damaged dev
-cells the oracle zooms into, 59 % right against 48 % from the glance alone). The runtime then grounds
-the reasoner's findings in that map:
+small heads over the encoder's pooled cell features (what the reasoner's visual tokens are projected
+from; the projection, trained for the reasoner, blurred types apart) say *where*: one names the
+degradation each glance cell shows (or "clean"), the other re-reads a zoomed cell from its
+native-resolution features. The runtime then grounds the reasoner's findings in that map:
 
 - a finding may only name a type that some cell supports (probability >= that type's ``support``), and not one
   already reported; when no type is left, the findings end; among the types left, the reasoner's
@@ -21,7 +21,7 @@ the reasoner's findings in that map:
 ``check_zooms`` (and ``zoom_weight``, which steers zooms towards cells that look damaged, and
 ``find_margin``, which asks more confidence before a finding opens: both measured, off in the shipped
 critic) on the development split by the accuracy benchmark; all travel in the manifest. The logic is
-NumPy on the backend's tokens, so it is the same on every backend.
+NumPy on the backend's features, so it is the same on every backend.
 """
 
 from __future__ import annotations
@@ -31,14 +31,16 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from . import protocol as P
+from .errors import ModelError
 from .numpy_ops import mlp, softmax
 
 CLEAN = len(P.FINDING_TYPES)  # the last class of both heads
 
 
-def zoom_evidence(glance_token: np.ndarray, zoom_tokens: np.ndarray) -> np.ndarray:
-    """The zoom head's input (kernels.model.zoom_evidence): glance token, zoom tokens' mean and std."""
-    return np.concatenate([glance_token, zoom_tokens.mean(0), zoom_tokens.std(0)]).astype(np.float32)
+def zoom_evidence(glance_cell: np.ndarray, zoom_cells: np.ndarray) -> np.ndarray:
+    """The zoom head's input (kernels.model.zoom_evidence): the cell's glance features, then the mean and
+    std of the zoom's cells' features."""
+    return np.concatenate([glance_cell, zoom_cells.mean(0), zoom_cells.std(0)]).astype(np.float32)
 
 
 class Diagnosis:
@@ -61,33 +63,41 @@ class Diagnosis:
         settings = config.get("diagnosis")
         if settings is None or "diag.glance.w1" not in weights:
             return None
+        support = settings["support"]
+        if isinstance(support, list) and len(support) != len(P.FINDING_TYPES):
+            raise ModelError(f"the diagnosis has {len(support)} support thresholds for "
+                             f"{len(P.FINDING_TYPES)} finding types", hint="re-run `python -m export.diagnosis`")
+        if weights["diag.glance.w1"].shape[1] != config["feat_dim"]:  # heads trained on tokens, before features
+            raise ModelError(f"the diagnosis heads read {weights['diag.glance.w1'].shape[1]} inputs, not the "
+                             f"encoder's {config['feat_dim']} features", hint="re-run `python -m export.build`")
         return cls(weights, settings["support"], float(settings["spread"]),
                    *(float(settings.get(k, 0.0)) for k in ("type_weight", "zoom_weight", "find_margin")),
                    check_zooms=int(settings.get("check_zooms", 0)))
 
-    def glance(self, tokens: np.ndarray) -> np.ndarray:
-        """Glance tokens (cells, d) -> per-cell probabilities (cells, types + clean)."""
-        return softmax(mlp(self.weights, "diag.glance", tokens).astype(np.float64))
+    def glance(self, features: np.ndarray) -> np.ndarray:
+        """The glance's pooled features (cells, f) -> per-cell probabilities (cells, types + clean)."""
+        return softmax(mlp(self.weights, "diag.glance", features).astype(np.float64))
 
-    def zoom(self, glance_token: np.ndarray, zoom_tokens: np.ndarray) -> np.ndarray:
-        """A zoomed cell's glance token (d,) and zoom tokens (k, d) -> its probabilities (types + clean,)."""
-        return softmax(mlp(self.weights, "diag.zoom", zoom_evidence(glance_token, zoom_tokens)).astype(np.float64))
+    def zoom(self, glance_cell: np.ndarray, zoom_cells: np.ndarray) -> np.ndarray:
+        """A zoomed cell's glance features (f,) and the zoom's features (k, f) -> its probabilities
+        (types + clean,)."""
+        return softmax(mlp(self.weights, "diag.zoom", zoom_evidence(glance_cell, zoom_cells)).astype(np.float64))
 
-    def start(self, glance_tokens: np.ndarray) -> CellMap:
-        return CellMap(self, glance_tokens)
+    def start(self, glance_features: np.ndarray) -> CellMap:
+        return CellMap(self, glance_features)
 
 
 class CellMap:
     """One image's diagnosis, refined as the zooms come in, and the grounding rules read from it."""
 
-    def __init__(self, diagnosis: Diagnosis, glance_tokens: np.ndarray) -> None:
+    def __init__(self, diagnosis: Diagnosis, glance_features: np.ndarray) -> None:
         self.diagnosis = diagnosis
-        self.glance_tokens = glance_tokens
-        self.probs = diagnosis.glance(glance_tokens)
+        self.glance_features = glance_features
+        self.probs = diagnosis.glance(glance_features)
 
-    def zoomed(self, cell: int, zoom_tokens: np.ndarray) -> None:
+    def zoomed(self, cell: int, zoom_features: np.ndarray) -> None:
         """A zoom on ``cell`` replaces the glance's reading of that cell with the native-resolution one."""
-        self.probs[cell] = self.diagnosis.zoom(self.glance_tokens[cell], zoom_tokens)
+        self.probs[cell] = self.diagnosis.zoom(self.glance_features[cell], zoom_features)
 
     def to_check(self, zoomed: set[int]) -> list[int]:
         """The ``check_zooms`` cells not zoomed into yet that most look damaged: after the verdict, the

@@ -1,9 +1,10 @@
 """The think-with-images loop: glance, zoom where it matters, report findings and a level distribution.
 
-The loop is identical whatever backend runs the maths: it builds input embeddings (token rows and
-visual tokens plus their slot embeddings), asks the backend's session for logits, and decodes greedily
-over the tokens the protocol grammar allows next. Zoom windows are cut from the full-resolution
-pixels, never from the glance. Where the critic has a cell diagnosis (qds_lite.diagnosis), the
+The loop is identical whatever backend runs the maths: the backend's encoder turns each view into
+pooled cell features, which the loop projects to visual tokens (a small NumPy MLP); it builds input
+embeddings (token rows and visual tokens plus their slot embeddings), asks the backend's session for
+logits, and decodes greedily over the tokens the protocol grammar allows next. Zoom windows are cut from
+the full-resolution pixels, never from the glance. Where the critic has a cell diagnosis (qds_lite.diagnosis), the
 findings it may report and their boxes are grounded in it.
 """
 
@@ -19,7 +20,7 @@ from . import protocol as P
 from .backends import Backend
 from .diagnosis import CellMap, Diagnosis
 from .io import LoadedImage, zoom_window
-from .numpy_ops import softmax
+from .numpy_ops import mlp, softmax
 
 
 @dataclass
@@ -38,11 +39,14 @@ class Reasoner:
     def __init__(self, backend: Backend, weights: Mapping[str, np.ndarray],
                  diagnosis: Diagnosis | None = None) -> None:
         self.backend = backend
+        self.proj = {k: v for k, v in weights.items() if k.startswith("proj.")}
         self.tok_embd = weights["dec.tok_embd"]
         self.slot_embd = weights["dec.slot_embd"]
         self.diagnosis = diagnosis
 
-    def with_slots(self, tokens: np.ndarray, slot0: int) -> np.ndarray:
+    def visual_tokens(self, features: np.ndarray, slot0: int) -> np.ndarray:
+        """Pooled cell features (cells, f) -> the reasoner's visual tokens plus their slot embeddings."""
+        tokens = mlp(self.proj, "proj", features)
         return tokens + self.slot_embd[slot0:slot0 + len(tokens)]
 
     def run(self, image: LoadedImage, max_zooms: int = P.DEFAULT_ZOOMS) -> Trajectory:
@@ -52,7 +56,7 @@ class Reasoner:
         session = self.backend.start()
         glance = self.backend.encode(image.glance)
         cells = self.diagnosis.start(glance) if self.diagnosis else None
-        first = [self.tok_embd[[P.BOS]], self.with_slots(glance, P.GLANCE_SLOT0)]
+        first = [self.tok_embd[[P.BOS]], self.visual_tokens(glance, P.GLANCE_SLOT0)]
         grammar.begin()
         logits = session.step(np.concatenate(first + [self.tok_embd[self._append_forced(grammar, traj, cells)]]))
         while True:
@@ -75,7 +79,7 @@ class Reasoner:
                 zoom = self.backend.encode(window)
                 if cells is not None:
                     cells.zoomed(cell, zoom)
-                new.append(self.with_slots(zoom, P.ZOOM_SLOT0))
+                new.append(self.visual_tokens(zoom, P.ZOOM_SLOT0))
             forced = self._append_forced(grammar, traj, cells)
             if grammar.done:  # <eos>: nothing more to feed
                 break

@@ -129,3 +129,20 @@ def test_only_the_encoder_takes_threads(model_files, threads):
     options = backend.encode.session.get_session_options()
     assert options.intra_op_num_threads == (threads or default_threads())
     assert backend.reasoner.get_session_options().intra_op_num_threads == 1
+
+
+def test_an_encoder_exported_with_its_projection_is_refused(tmp_path):
+    """Critics exported before the runtime projected the features itself output tokens: a clear error."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from qds_lite.backends.onnx_backend import OnnxEncoder
+    from qds_lite.errors import ModelError
+
+    graph = helper.make_graph([helper.make_node("Identity", ["pixels"], ["tokens"])], "old",
+                              [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [1, 3, None, None])],
+                              [helper.make_tensor_value_info("tokens", TensorProto.FLOAT, [1, 3, None, None])])
+    path = tmp_path / "encoder.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    with pytest.raises(ModelError, match="not the pooled 'features'"):
+        OnnxEncoder(path, 1)

@@ -155,8 +155,20 @@ def test_bundled_critic_has_a_diagnosis(weights, model_files):
     d = Diagnosis.of_model(weights, model_files.config)
     assert d is not None and d.support.shape == (len(P.FINDING_TYPES),) and 0 < d.spread <= 1
     assert np.all((0 < d.support) & (d.support < 1))
-    probs = d.glance(np.zeros((P.N_CELLS, model_files.config["d_model"]), np.float32))
+    probs = d.glance(np.zeros((P.N_CELLS, model_files.config["feat_dim"]), np.float32))
     assert probs.shape == (P.N_CELLS, CLEAN + 1) and np.allclose(probs.sum(1), 1)
+
+
+def test_a_diagnosis_that_does_not_fit_the_critic_is_refused(weights, model_files):
+    from qds_lite.errors import ModelError
+
+    config = model_files.config
+    short = config | {"diagnosis": config["diagnosis"] | {"support": [0.3] * 5}}
+    with pytest.raises(ModelError, match="5 support thresholds"):
+        Diagnosis.of_model(weights, short)
+    on_tokens = dict(weights) | {"diag.glance.w1": weights["diag.glance.w1"][:, :config["d_model"]]}
+    with pytest.raises(ModelError, match="encoder's 345 features"):
+        Diagnosis.of_model(on_tokens, config)
 
 
 def test_a_critic_without_diagnosis_decodes_findings_as_before(weights, model_files):
@@ -223,11 +235,28 @@ def test_training_learns_the_cells_and_chooses_thresholds():
     pytest.importorskip("torch")
     from export.diagnosis import train_diagnosis
 
-    eye = np.eye(12, dtype=np.float32)  # tokens = silu(features): the markers survive the projection
-    head = {"proj.w1": eye, "proj.b1": np.zeros(12, np.float32), "proj.w2": eye, "proj.b2": np.zeros(12, np.float32)}
-    weights, log = train_diagnosis(head, _fake_samples(1500, 1), _fake_samples(90, 2), log=lambda _: None)
+    weights, log = train_diagnosis(_fake_samples(1500, 1), _fake_samples(90, 2), log=lambda _: None)
     assert {k.rsplit(".", 1)[0] for k in weights} == {"diag.glance", "diag.zoom"}
     assert max(h["dev_cell_accuracy"] for h in log["history"] if h["head"] == "diag.glance") > 0.9
     assert log["dev_type_balanced_accuracy"] > 0.9 and log["dev_box_hit"] > 0.8
     assert len(log["support"]) == len(P.FINDING_TYPES) and all(0 < v < 1 for v in log["support"])
     assert 0 < log["spread"] <= 1
+
+
+def test_folded_standardization_gives_the_same_logits_on_raw_features():
+    """The heads learn on standardized features and ship folded: raw in, the same logits out."""
+    from export.diagnosis import fold_standardization
+    from qds_lite.diagnosis import zoom_evidence
+    from qds_lite.numpy_ops import mlp
+
+    rng = np.random.default_rng(3)
+    f, hidden = 6, 5
+    mean, std = rng.normal(0, 3, f).astype(np.float32), rng.uniform(0.5, 4, f).astype(np.float32)
+    head = {"h.w1": rng.normal(0, 1, (hidden, 3 * f)).astype(np.float32),
+            "h.b1": rng.normal(0, 1, hidden).astype(np.float32),
+            "h.w2": rng.normal(0, 1, (4, hidden)).astype(np.float32), "h.b2": np.zeros(4, np.float32)}
+    glance_cell, zoom_cells = rng.normal(2, 3, f), rng.normal(2, 3, (4, f))
+    standardized = zoom_evidence((glance_cell - mean) / std, (zoom_cells - mean) / std)
+    folded = fold_standardization(head, "h", mean, std, (True, True, False))
+    np.testing.assert_allclose(mlp(folded, "h", zoom_evidence(glance_cell, zoom_cells)), mlp(head, "h", standardized),
+                               rtol=1e-4, atol=1e-4)

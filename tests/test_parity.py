@@ -50,19 +50,24 @@ def check_close(name: str, got: np.ndarray, ref: np.ndarray, atol: float, rtol: 
 
 
 def test_numpy_encoder_matches_reference(model_files, weights, reference):
+    """The encoder's pooled features, and the visual tokens the runtime projects from them."""
+    from qds_lite.numpy_ops import mlp
+
     enc = NumpyBackend(model_files, weights).encode
     for view in ("glance", "zoom"):
+        features, ref = enc(reference[view]), reference[f"{view}_features"]
+        check_close(f"{view} features", features, ref, atol=RTOL_TOKENS * np.abs(ref).max())
         ref = reference[f"{view}_tokens"]
-        check_close(view, enc(reference[view]), ref, atol=RTOL_TOKENS * np.abs(ref).max())
+        check_close(f"{view} tokens", mlp(weights, "proj", features), ref, atol=RTOL_TOKENS * np.abs(ref).max())
 
 
 def test_numpy_diagnosis_matches_reference(model_files, weights, reference):
-    """The cell diagnosis' logits on the reference tokens (the runtime's NumPy heads, every backend)."""
+    """The cell diagnosis' logits on the reference features (the runtime's NumPy heads, every backend)."""
     from export.golden import ZOOM_CELL
     from qds_lite.diagnosis import zoom_evidence
     from qds_lite.numpy_ops import mlp
 
-    glance, zoom = reference["glance_tokens"], reference["zoom_tokens"]
+    glance, zoom = reference["glance_features"], reference["zoom_features"]
     check_close("glance diagnosis", mlp(weights, "diag.glance", glance), reference["glance_diagnosis"], ATOL_LOGITS)
     check_close("zoom diagnosis", mlp(weights, "diag.zoom", zoom_evidence(glance[ZOOM_CELL], zoom)),
                 reference["zoom_diagnosis"], ATOL_LOGITS)

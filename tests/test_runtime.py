@@ -9,7 +9,7 @@ import pytest
 from qds_lite import protocol as P
 from qds_lite.backends.numpy_backend import NumpyBackend
 from qds_lite.io import load_image, zoom_window
-from qds_lite.numpy_ops import softmax
+from qds_lite.numpy_ops import mlp, softmax
 from qds_lite.runtime import Reasoner
 from tests.conftest import SAMPLES
 
@@ -38,7 +38,7 @@ def step_per_token(backend, weights, image, max_zooms: int) -> tuple[list[int], 
     """The plain loop: one step for every token fed back, forced or not (what the runtime must equal)."""
     tok, slot = weights["dec.tok_embd"], weights["dec.slot_embd"]
     session, grammar = backend.start(), P.Grammar(max_zooms)
-    glance = backend.encode(image.glance)
+    glance = mlp(weights, "proj", backend.encode(image.glance))
     logits = session.step(np.concatenate([tok[[P.BOS]], glance + slot[:len(glance)]]))
     grammar.begin()
     tokens, probs = [], None
@@ -49,7 +49,7 @@ def step_per_token(backend, weights, image, max_zooms: int) -> tuple[list[int], 
         token = int(allowed[np.argmax(logits[allowed])])
         new = [tok[[token]]]
         if grammar.state == "after_zoom":
-            z = backend.encode(zoom_window(image.full, token - P.CELL0)[0])
+            z = mlp(weights, "proj", backend.encode(zoom_window(image.full, token - P.CELL0)[0]))
             new.append(z + slot[P.ZOOM_SLOT0:P.ZOOM_SLOT0 + len(z)])
         grammar.advance(token)
         tokens.append(token)

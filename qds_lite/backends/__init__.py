@@ -1,8 +1,9 @@
 """Backends: one small interface, three engines.
 
-A backend turns a view (HxWx3 uint8, 256 px glance or 128 px zoom) into visual tokens with
-``encode`` and runs the reasoner through a :class:`Session` whose ``step`` appends input embeddings
-and returns the logits of the last position. The decoding loop (qds_lite.runtime) is the same for all.
+A backend turns a view (HxWx3 uint8, 256 px glance or 128 px zoom) into pooled cell features with
+``encode`` (the runtime projects them to visual tokens and its diagnosis reads them) and runs the
+reasoner through a :class:`Session` whose ``step`` appends input embeddings and returns the logits of
+the last position. The decoding loop (qds_lite.runtime) is the same for all.
 
 ``auto`` tries onnx, then gguf, then numpy, and says so on stderr when it falls back; a backend named
 explicitly never falls back.
@@ -31,7 +32,7 @@ class Backend(Protocol):
     name: str
 
     def encode(self, view: np.ndarray) -> np.ndarray:
-        """(H, W, 3) uint8 view -> (cells, d_model) float32 visual tokens."""
+        """(H, W, 3) uint8 view -> (cells, feat_dim) float32 pooled features (kernels.model.trunk_features)."""
 
     def start(self) -> Session:
         """A fresh reasoner sequence."""

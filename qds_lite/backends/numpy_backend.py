@@ -11,7 +11,7 @@ from ..model_store import ModelFiles
 
 
 class NumpyEncoder:
-    """MobileNetV2 trunk -> cell pooling and scene statistics -> MLP, as in kernels.model.encoder_forward."""
+    """MobileNetV2 trunk -> cell pooling and scene statistics, as in kernels.model.trunk_features."""
 
     def __init__(self, cfg: dict, w: Mapping[str, np.ndarray]) -> None:
         self.blocks = [tuple(b) for b in cfg["encoder_blocks"]]
@@ -41,8 +41,7 @@ class NumpyEncoder:
                    ops.cell_mean((luma <= self.clip[1]).astype(np.float32), self.pixel_cell),
                    ops.scene_statistics(pixels, luma[0], self.pixel_cell, self.nss)]
         f = np.concatenate(pooled, axis=0)  # (feat_dim, gh, gw)
-        f = f.reshape(f.shape[0], -1).T  # (cells, feat_dim), cells row-major
-        return ops.mlp(w, "proj", f)
+        return f.reshape(f.shape[0], -1).T  # (cells, feat_dim), cells row-major
 
 
 class NumpySession:
