@@ -70,7 +70,7 @@ class Diagnosis:
         if weights["diag.glance.w1"].shape[1] != config["feat_dim"]:  # heads trained on tokens, before features
             raise ModelError(f"the diagnosis heads read {weights['diag.glance.w1'].shape[1]} inputs, not the "
                              f"encoder's {config['feat_dim']} features", hint="re-run `python -m export.build`")
-        return cls(weights, settings["support"], float(settings["spread"]),
+        return cls(weights, support, float(settings["spread"]),
                    *(float(settings.get(k, 0.0)) for k in ("type_weight", "zoom_weight", "find_margin")),
                    check_zooms=int(settings.get("check_zooms", 0)))
 

@@ -3,9 +3,9 @@
 Threads: the encoder's convolutions gain from a second thread (the default where the machine has two
 cores); the reasoner's steps are a few (tokens, 128) matmuls that do not, so its session runs on the
 calling thread alone. Two multi-threaded sessions are worse than either: after each run a session's
-worker threads spin, waiting for more work, on the very cores the other session is about to use. On
-2 cores that doubled the median model time, which is why an earlier session measured "two threads, no
-faster"; ``python -m benchmarks.speed`` reports the one-thread encoder beside the default in one run.
+worker threads spin, waiting for more work, on the very cores the other session is about to use (on
+2 cores that made two threads slower than one, which is why they were once measured "no faster");
+``python -m benchmarks.speed`` reports the one-thread encoder beside the default in one run.
 """
 
 from __future__ import annotations
