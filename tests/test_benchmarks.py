@@ -344,10 +344,10 @@ def test_speed_models_table_shows_steady_state_and_first_image_times():
     proc = {k: {"median_s": 0.2, "min_s": 0.1, "peak_rss_mb": 50.0} for k in speed.PROCESS_LABELS}
     models = {"onnx": {"median_ms": 20.0, "min_ms": 18.0, "score": 50.0, "first_image_ms": 27.5},
               "numpy": {"median_ms": 60.0, "min_ms": 55.0, "score": 50.0},
-              speed.ONE_THREAD: {"median_ms": 30.0, "min_ms": 28.0, "score": 50.0},
+              speed.TWO_THREADS: {"median_ms": 30.0, "min_ms": 28.0, "score": 50.0},
               "_decode": {"median_ms": 70.0, "min_ms": 60.0}}
     header, rows = speed.build_tables(proc, models, {})["models"]
     first = header.index("first image ms (fresh process)")
     assert rows[0][:4] == ["onnx", "20.0", "18.0", "1.00"] and rows[0][first] == "27.5"
     assert rows[1][3] == "3.00" and rows[1][first] == "n/a"  # not measured: said so, not left blank
-    assert rows[2][:4] == [speed.ONE_THREAD, "30.0", "28.0", "1.50"]  # the default threads' baseline
+    assert rows[2][:4] == [speed.TWO_THREADS, "30.0", "28.0", "1.50"]  # the threads option, same run

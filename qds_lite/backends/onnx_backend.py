@@ -1,16 +1,14 @@
 """The onnxruntime backend: the encoder graph and the reasoner's incremental step graph (key/value cache).
 
-Threads: the encoder's convolutions gain from a second thread (the default where the machine has two
-cores); the reasoner's steps are a few (tokens, 128) matmuls that do not, so its session runs on the
-calling thread alone. Two multi-threaded sessions are worse than either: after each run a session's
-worker threads spin, waiting for more work, on the very cores the other session is about to use (on
-2 cores that made two threads slower than one, which is why they were once measured "no faster");
-``python -m benchmarks.speed`` reports the one-thread encoder beside the default in one run.
+Threads: the encoder runs on ``threads`` (default 1). A second thread helps its convolutions only where
+two cores are really free: across eleven runs of ``python -m benchmarks.speed`` on a shared 2-core VM the
+row "onnx, 2 encoder threads" took 0.75 to 1.64 times the one-thread model time. The reasoner's steps
+are a few (tokens, 128) matmuls that gain nothing from threads, so its session always runs on the
+calling thread alone: two multi-threaded sessions are worse than either, since after each run a
+session's idle workers spin on the very cores the other session is about to use.
 """
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 
@@ -18,20 +16,15 @@ from ..errors import BackendUnavailable, ModelError
 from ..model_store import ModelFiles
 
 
-def default_threads() -> int:
-    """The encoder's threads when the caller names none: two where the machine has them."""
-    return min(2, os.cpu_count() or 1)
-
-
 def session(path, threads: int | None):
-    """An onnxruntime CPU session on ``threads`` threads (default: default_threads()); raises
-    BackendUnavailable if onnxruntime is missing."""
+    """An onnxruntime CPU session on ``threads`` threads (default 1); raises BackendUnavailable if
+    onnxruntime is missing."""
     try:
         import onnxruntime as ort
     except ImportError as e:
         raise BackendUnavailable("onnxruntime is not installed", hint="pip install onnxruntime") from e
     so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or default_threads()
+    so.intra_op_num_threads = threads or 1
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
