@@ -38,7 +38,8 @@ from pathlib import Path
 from benchmarks import accuracy
 from export import manifest
 from qds_lite import protocol as P
-from qds_lite.model_store import BUNDLED_DIR, DEFAULT_MODEL
+from qds_lite.errors import ModelError
+from qds_lite.model_store import BUNDLED_DIR, DEFAULT_MODEL, resolve
 from qds_lite.scale import ScoreScale
 
 METHOD = "qds/onnx"
@@ -129,6 +130,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--cv", action="store_true",
                     help="print the two-fold cross-validation of the calibration variants; write nothing")
     a = ap.parse_args(argv)
+    try:
+        resolve(a.model_dir)  # its files match their sha256 in the manifest this writes to
+    except ModelError as e:
+        raise SystemExit(f"calibrate: {e.message}") from e
     records = a.records
     if records is None:
         bundled = a.model_dir.resolve() == (BUNDLED_DIR / DEFAULT_MODEL).resolve()

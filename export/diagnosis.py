@@ -271,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from export.onnx_export import export_trunk
     from export.samples import build as build_samples
     from export.samples import load_shards
-    from qds_lite.model_store import BUNDLED_DIR, DEFAULT_MODEL
+    from qds_lite.model_store import BUNDLED_DIR, DEFAULT_MODEL, load_weights, resolve
 
     ap = argparse.ArgumentParser(prog="python -m export.diagnosis", description=main.__doc__)
     ap.add_argument("--model-dir", type=Path, default=BUNDLED_DIR / DEFAULT_MODEL)
@@ -283,8 +283,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         export_trunk(trunk_arrays(), trunk_onnx)
     dev = load_shards(build_samples("dev", DEV_VARIANTS, a.work / "cache", str(trunk_onnx), seed=SEED,
                                     workers=a.workers))
-    with np.load(a.model_dir / "critic.npz") as npz:
-        weights = {k: npz[k].astype(np.float32) for k in npz.files if k.startswith(("proj.", "diag."))}
+    weights = load_weights(resolve(a.model_dir))  # its files checked against the manifest's sha256 first
+    weights = {k: weights[k] for k in weights if k.startswith("diag.")}
     dev_glance, dev_labels = glance_inputs(dev)
     zoom_glance, zoom_features, _ = zoom_inputs(dev, dev_glance, dev_labels)
     chosen = choose_thresholds(weights, dev, dev_glance, zoom_glance, zoom_features)

@@ -47,8 +47,15 @@ def write(root: Path, *, name: str, config: dict, training: dict, evaluation: di
 def record_evaluation(root: Path, accuracy_json: Path, method: str = "qds/onnx") -> None:
     """Copy the headline figures of a benchmarks.accuracy run into the manifest's ``evaluation``.
 
-    Only critic.npz's sha256 ties the golden vectors to the weights, so this leaves them valid."""
+    Only critic.npz's sha256 ties the golden vectors to the weights, so this leaves them valid. Refuses a
+    folder whose files do not match its manifest, and a run that scored other files."""
+    from benchmarks.accuracy import model_files_sha256
+    from qds_lite.model_store import resolve
+
+    files = resolve(root)  # raises ModelError when a file's sha256 differs from the manifest's
     run = json.loads(Path(accuracy_json).read_text())
+    if run["model"].get("files") != model_files_sha256(files.manifest):
+        raise ValueError(f"{accuracy_json} did not score the critic in {root} (its files' sha256 differ)")
     summary, loc = run["results"][method]["summary"], run["results"][method]["localisation"]
     baselines = {name: {k: round(run["results"][name]["summary"][k], 3) for k in ("srcc", "l_srcc", "d_auc", "p_acc")}
                  for name in run["baselines"]}
@@ -71,10 +78,14 @@ def record_evaluation(root: Path, accuracy_json: Path, method: str = "qds/onnx")
 if __name__ == "__main__":
     import argparse
 
+    from qds_lite.errors import ModelError
     from qds_lite.model_store import BUNDLED_DIR, DEFAULT_MODEL
 
     ap = argparse.ArgumentParser(description="record benchmark figures in a model's manifest")
     ap.add_argument("accuracy_json", type=Path)
     ap.add_argument("--model-dir", type=Path, default=BUNDLED_DIR / DEFAULT_MODEL)
     a = ap.parse_args()
-    record_evaluation(a.model_dir, a.accuracy_json)
+    try:
+        record_evaluation(a.model_dir, a.accuracy_json)
+    except (ValueError, ModelError) as e:
+        raise SystemExit(f"manifest: {e}") from e

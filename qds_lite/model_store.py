@@ -91,11 +91,19 @@ def resolve(name_or_path: str | os.PathLike | None = None) -> ModelFiles:
         known = ", ".join(available_models()) or "none"
         raise ModelError(f"unknown model {target!r} (bundled: {known})",
                          hint="pass a bundled name or a folder containing manifest.json")
-    return _verified(root.resolve())
+    return _verified(root.resolve(), _folder_state(root))
+
+
+def _folder_state(root: Path) -> tuple[tuple[str, int, int], ...]:
+    """Name, mtime and size of each file in ``root``: a folder changed on disk is read and checked again."""
+    return tuple(sorted((p.name, st.st_mtime_ns, st.st_size) for p in root.iterdir() if p.is_file()
+                        for st in [p.stat()]))
 
 
 @cache
-def _verified(root: Path) -> ModelFiles:
+def _verified(root: Path, state: tuple[tuple[str, int, int], ...]) -> ModelFiles:
+    """Checked once per folder and ``state`` (:func:`_folder_state`): a manifest rewritten in the same
+    process (export.calibrate) or a file replaced since is read and checked again."""
     try:
         manifest = json.loads((root / "manifest.json").read_text())
     except (OSError, json.JSONDecodeError) as e:

@@ -45,3 +45,26 @@ def test_unsafe_format_is_refused(model_copy):
 def test_unknown_model_names_the_bundled_ones():
     with pytest.raises(ModelError, match=DEFAULT_MODEL):
         resolve("nope")
+
+
+def test_recording_an_evaluation_checks_the_run_and_the_files(tmp_path):
+    """Figures go into a manifest only from a run that scored that very critic, whose files are intact."""
+    import json
+    import shutil
+
+    from export.manifest import record_evaluation
+    from qds_lite.errors import ModelError
+    from qds_lite.model_store import BUNDLED_DIR, DEFAULT_MODEL
+
+    root = tmp_path / "critic"
+    shutil.copytree(BUNDLED_DIR / DEFAULT_MODEL, root)
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps({"model": {"files": {"critic.npz": "0" * 64}}}))
+    before = (root / "manifest.json").read_bytes()
+    with pytest.raises(ValueError, match="did not score the critic"):
+        record_evaluation(root, run)
+    with (root / "encoder.onnx").open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ModelError, match="sha256"):
+        record_evaluation(root, run)
+    assert (root / "manifest.json").read_bytes() == before

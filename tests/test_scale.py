@@ -144,6 +144,18 @@ def test_calibrate_writes_the_fitted_map_into_the_manifest(tmp_path):
     assert r.score == pytest.approx(np.interp(P.level_score(r.level_probs), entry["raw"], entry["score"]))
 
 
+def test_calibrate_refuses_a_folder_whose_files_do_not_match_its_manifest(tmp_path):
+    root = tmp_path / "critic"
+    shutil.copytree(BUNDLED_DIR / DEFAULT_MODEL, root)
+    (tmp_path / "run.json").write_text(json.dumps(_run()))
+    with (root / "reasoner.onnx").open("ab") as f:
+        f.write(b"\0")
+    before = (root / "manifest.json").read_bytes()
+    with pytest.raises(SystemExit, match="sha256"):
+        calibrate.main(["--model-dir", str(root), "--records", str(tmp_path / "run.json")])
+    assert (root / "manifest.json").read_bytes() == before
+
+
 def test_calibrate_cv_writes_nothing(tmp_path, capsys):
     root = tmp_path / "critic"
     shutil.copytree(BUNDLED_DIR / DEFAULT_MODEL, root)
