@@ -134,15 +134,14 @@ def _draw_boxes(photo: Image.Image, result: Result, s: float) -> None:
     edge, line = max(1, round(2 * s)), max(2, round(5 * s))
     font = _font(34 * s)
     taken: list[tuple[int, int, int, int]] = []
-    for n, c in enumerate(_steps(result, "check"), 1):
-        x0, y0, x1, y1 = _px(c["box"], w, h)
-        _frame(draw, (x0, y0, x1, y1), CHECK_COLOUR, edge, max(1, round(2 * s)))
-        taken.append(_text_tag(draw, (x0 + edge * 2 + line, y0 + edge * 2 + line), f" c{n} ", _font(26 * s),
-                               CHECK_COLOUR))
-    for n, z in enumerate(_steps(result, "zoom"), 1):
-        x0, y0, x1, y1 = _px(z["box"], w, h)
-        _frame(draw, (x0, y0, x1, y1), ZOOM_COLOUR, edge, max(2, round(3 * s)))
-        taken.append(_text_tag(draw, (x0 + edge * 2 + line, y0 + edge * 2 + line), f" {n} ", font, ZOOM_COLOUR))
+    looks = (("check", CHECK_COLOUR, max(1, round(2 * s)), _font(26 * s), "c"),  # under the zooms
+             ("zoom", ZOOM_COLOUR, max(2, round(3 * s)), font, ""))
+    for tool, colour, width, tag_font, prefix in looks:
+        for n, step in enumerate(_steps(result, tool), 1):
+            x0, y0, x1, y1 = _px(step["box"], w, h)
+            _frame(draw, (x0, y0, x1, y1), colour, edge, width)
+            taken.append(_text_tag(draw, (x0 + edge * 2 + line, y0 + edge * 2 + line), f" {prefix}{n} ", tag_font,
+                                   colour))
     nested: dict[tuple[int, int, int, int], int] = {}
     for f in result.findings:
         rect = _px(f.box, w, h)

@@ -39,14 +39,14 @@ class Reasoner:
     def __init__(self, backend: Backend, weights: Mapping[str, np.ndarray],
                  diagnosis: Diagnosis | None = None) -> None:
         self.backend = backend
-        self.proj = {k: v for k, v in weights.items() if k.startswith("proj.")}
+        self.weights = weights  # lazy (model_store.Weights): only the arrays read here are decompressed
         self.tok_embd = weights["dec.tok_embd"]
         self.slot_embd = weights["dec.slot_embd"]
         self.diagnosis = diagnosis
 
     def visual_tokens(self, features: np.ndarray, slot0: int) -> np.ndarray:
         """Pooled cell features (cells, f) -> the reasoner's visual tokens plus their slot embeddings."""
-        tokens = mlp(self.proj, "proj", features)
+        tokens = mlp(self.weights, "proj", features)
         return tokens + self.slot_embd[slot0:slot0 + len(tokens)]
 
     def run(self, image: LoadedImage, max_zooms: int = P.DEFAULT_ZOOMS) -> Trajectory:

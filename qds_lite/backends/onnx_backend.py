@@ -33,9 +33,10 @@ def session(path, threads: int | None):
 class OnnxEncoder:
     def __init__(self, path, threads: int | None) -> None:
         self.session = session(path, threads)
-        if self.session.get_outputs()[0].name != "features":  # an encoder exported with the projection in it
-            raise ModelError(f"{path}: the encoder outputs {self.session.get_outputs()[0].name!r}, not the pooled "
-                             "'features' this runtime projects itself", hint="re-run `python -m export.build`")
+        output = self.session.get_outputs()[0].name
+        if output != "features":  # an encoder exported with the projection in it
+            raise ModelError(f"{path}: the encoder outputs {output!r}, not the pooled 'features' this runtime "
+                             "projects itself", hint="re-run `python -m export.build`")
 
     def __call__(self, view: np.ndarray) -> np.ndarray:
         x = (view.astype(np.float32) * np.float32(1 / 255)).transpose(2, 0, 1)[None]
