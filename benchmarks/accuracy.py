@@ -545,7 +545,7 @@ def score_all(photos: Sequence[Path], root: Path, critics: dict, baselines: Sequ
                     img = synth.apply(base, [synth.Degradation(it.kind, it.severity, it.region, it.seed)])
                 rec = {"photo": it.photo, "set": it.set, "kind": it.kind, "finding": synth.KINDS.get(it.kind or ""),
                        "severity": it.severity, "region": list(it.region) if it.region else None,
-                       "seed": it.seed, "scores": {}, "findings": {}, "zooms": {}, "level_probs": {}}
+                       "seed": it.seed, "scores": {}, "findings": {}, "zooms": {}, "level_probs": {}, "cells": {}}
                 loaded = load_image(img)
                 for name, critic in critics.items():
                     t = time.perf_counter()
@@ -555,6 +555,8 @@ def score_all(photos: Sequence[Path], root: Path, critics: dict, baselines: Sequ
                     rec["findings"][name] = _finding_dicts(r)
                     rec["zooms"][name] = [[float(v) for v in st["box"]] for st in r.steps if st["tool"] == "zoom"]
                     rec["level_probs"][name] = [round(float(p), 5) for p in r.level_probs]
+                    if r.damage_map is not None:  # export.diagnosis chooses the grounding thresholds from these
+                        rec["cells"][name] = np.round(r.damage_map.reshape(grid * grid, -1), 4).tolist()
                 if it.set == "global":
                     for b in baselines:
                         t = time.perf_counter()
@@ -809,7 +811,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     photos = pick_photos(pristine_photos(args.split, root), args.photos)
     methods = list(critics) + [b.name for b in baselines]
     print(f"accuracy: model {model_info['name']} ({model_info['root']}), backends {', '.join(critics)}, "
-          f"baselines {', '.join(b.name for b in baselines) or 'none'}, {len(photos)} test photos, "
+          f"baselines {', '.join(b.name for b in baselines) or 'none'}, {len(photos)} {args.split}-split photos, "
           f"levels {levels}", file=sys.stderr)
     for b in baselines:
         if b.prepare is not None:  # one-time setup (the MobileNetV2+ridge fit), kept out of the timings
@@ -930,7 +932,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("test", "dev"), default="test",
                    help="pristine photos to degrade: test (reported figures) or dev (choosing settings; "
                    "never report it as accuracy) (default: %(default)s)")
-    p.add_argument("--photos", type=int, default=None, help="number of test photos, spread evenly (default: all)")
+    p.add_argument("--photos", type=int, default=None,
+                   help="number of photos of the split, spread evenly (default: all)")
     p.add_argument("--levels", default=str(len(DEFAULT_LEVELS)),
                    help="N evenly spaced severity levels k/(N+1), or a comma list such as 0.3,0.7 "
                    "(default: %(default)s)")

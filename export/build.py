@@ -15,7 +15,9 @@
    (export.diagnosis, cached in WORK/diagnosis.npz);
 5. write the manifest (sha256 and size of every file, config, training log) and the golden vectors
    that the parity tests read when torch is not installed;
-6. fit the score calibration on the dev split (export.calibrate, ~2 min) into the manifest.
+6. choose the diagnosis's thresholds on the maps the exported critic reads on the dev split
+   (export.diagnosis, ~5 min) and fit the score calibration there (export.calibrate, ~2 min), both into the
+   manifest.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from export.calibrate import main as calibrate
 from export.data import pristine_photos, trunk_arrays
 from export.diagnosis import DECODING as DIAGNOSIS_DECODING
 from export.diagnosis import SETTINGS as DIAGNOSIS_SETTINGS
+from export.diagnosis import main as choose_thresholds
 from export.diagnosis import train_diagnosis
 from export.gguf_export import export as export_gguf
 from export.onnx_export import (
@@ -265,6 +268,7 @@ def main() -> None:
     }
     export_all(trunk | round_to_half(head | diag), cfg, a.out, a.work, training, a.int8_encoder,
                diagnosis={k: diag_log[k] for k in ("support", "spread", *DIAGNOSIS_DECODING)})
+    choose_thresholds(["--model-dir", str(a.out), "--out", str(a.work / "bench" / "diagnosis")])
     calibrate(["--model-dir", str(a.out), "--out", str(a.work / "bench" / "calibration")])
     print(json.dumps(history[-1]))
 

@@ -106,17 +106,39 @@ def write(model_dir: Path, scale: ScoreScale, run: dict) -> None:
     manifest.write_json(path, doc)
 
 
-def check_run(run: dict, model_dir: Path) -> None:
-    """Refuse a run on the test split, of another critic (by its files' sha256) or without onnx scores."""
+def check_run(run: dict, model_dir: Path, tool: str = "calibrate") -> None:
+    """Refuse a run on the test split, of another critic (by its files' sha256) or without onnx scores;
+    ``tool`` names the command in the message."""
     if run["settings"]["split"] != "dev":
-        raise SystemExit(f"calibrate: the run is on the {run['settings']['split']} split; fit on dev only "
+        raise SystemExit(f"{tool}: the run is on the {run['settings']['split']} split; fit on dev only "
                          "(the test split stays for evaluation)")
     files = accuracy.model_files_sha256(json.loads((model_dir / "manifest.json").read_text()))
     if run["model"].get("files") != files:
-        raise SystemExit(f"calibrate: the run did not score the critic in {model_dir} (its files' sha256 differ, "
+        raise SystemExit(f"{tool}: the run did not score the critic in {model_dir} (its files' sha256 differ, "
                          "or the run does not record them); score the dev split again")
     if METHOD not in run["methods"]:
-        raise SystemExit(f"calibrate: the run has no {METHOD} scores")
+        raise SystemExit(f"{tool}: the run has no {METHOD} scores")
+
+
+def dev_run(model_dir: Path, records: Path | None, out: Path, tool: str = "calibrate",
+            options: Sequence[str] = ()) -> dict:
+    """The dev-split accuracy run of the critic in ``model_dir`` that ``tool`` writes into its manifest from:
+    ``records`` (an accuracy.json) or, when None, a run made now (with ``options``, report in ``out``). The
+    folder is verified first (its files against the manifest's sha256) and the run checked (:func:`check_run`)."""
+    try:
+        resolve(model_dir)
+    except ModelError as e:
+        raise SystemExit(f"{tool}: {e.message}") from e
+    if records is None:
+        bundled = model_dir.resolve() == (BUNDLED_DIR / DEFAULT_MODEL).resolve()
+        model = [] if bundled else ["--model", str(model_dir)]  # the manifest records the command: no paths
+        if accuracy.main(["--split", "dev", *options, "--backends", "onnx", "--no-baselines", *model,
+                          "--out", str(out)]):
+            raise SystemExit(f"{tool}: scoring the dev split failed (above); the manifest is unchanged")
+        records = out / "accuracy.json"
+    run = json.loads(records.read_text())
+    check_run(run, model_dir, tool)
+    return run
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -130,19 +152,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--cv", action="store_true",
                     help="print the two-fold cross-validation of the calibration variants; write nothing")
     a = ap.parse_args(argv)
-    try:
-        resolve(a.model_dir)  # its files match their sha256 in the manifest this writes to
-    except ModelError as e:
-        raise SystemExit(f"calibrate: {e.message}") from e
-    records = a.records
-    if records is None:
-        bundled = a.model_dir.resolve() == (BUNDLED_DIR / DEFAULT_MODEL).resolve()
-        model = [] if bundled else ["--model", str(a.model_dir)]  # the manifest records the command: no paths
-        if accuracy.main(["--split", "dev", "--backends", "onnx", "--no-baselines", *model, "--out", str(a.out)]):
-            raise SystemExit("calibrate: scoring the dev split failed (above); the manifest is unchanged")
-        records = a.out / "accuracy.json"
-    run = json.loads(records.read_text())
-    check_run(run, a.model_dir)
+    run = dev_run(a.model_dir, a.records, a.out)
     if a.cv:
         header = ("calibration (2-fold CV over dev photos)", "mean |score - trained-for|", "level match")
         print(f"{header[0]:42s} {header[1]:>27s} {header[2]:>12s}")

@@ -17,7 +17,8 @@ native-resolution features. The runtime then grounds the reasoner's findings in 
   map the findings are grounded in rests on more native evidence (the verdict and the reasoner's context
   are unchanged).
 
-``support`` and ``spread`` are chosen on the development samples by ``export.diagnosis``, ``type_weight``,
+``support`` and ``spread`` are chosen by ``export.diagnosis`` on the maps this runtime reads on dev-split
+photos (the maps do not depend on them, so one scoring run serves every candidate); ``type_weight``,
 ``check_zooms`` (and ``zoom_weight``, which steers zooms towards cells that look damaged, and
 ``find_margin``, which asks more confidence before a finding opens: both measured, off in the shipped
 critic) on the development split by the accuracy benchmark; all travel in the manifest. The logic is
@@ -41,6 +42,23 @@ def zoom_evidence(glance_cell: np.ndarray, zoom_cells: np.ndarray) -> np.ndarray
     """The zoom head's input (kernels.model.zoom_evidence): the cell's glance features, then the mean and
     std of the zoom's cells' features."""
     return np.concatenate([glance_cell, zoom_cells.mean(0), zoom_cells.std(0)]).astype(np.float32)
+
+
+def grounded_region(probs: np.ndarray, spread: float) -> tuple[int, int]:
+    """(top-left, bottom-right) cells of a finding's box from one type's probability in each cell (cells,):
+    the most confident cell and the 4-connected cells whose probability reaches ``spread`` times its own."""
+    p = np.asarray(probs).reshape(P.GRID, P.GRID)
+    seed = divmod(int(np.argmax(p)), P.GRID)
+    floor = spread * p[seed]
+    found, todo = {seed}, [seed]
+    while todo:
+        r, c = todo.pop()
+        for n in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+            if n not in found and 0 <= n[0] < P.GRID and 0 <= n[1] < P.GRID and p[n] >= floor:
+                found.add(n)
+                todo.append(n)
+    rows, cols = [r for r, _ in found], [c for _, c in found]
+    return min(rows) * P.GRID + min(cols), max(rows) * P.GRID + max(cols)
 
 
 class Diagnosis:
@@ -128,18 +146,7 @@ class CellMap:
 
     def region(self, type_index: int) -> tuple[int, int]:
         """(top-left, bottom-right) cells of the box around the cells that show ``type_index``."""
-        p = self.probs[:, type_index].reshape(P.GRID, P.GRID)
-        seed = divmod(int(np.argmax(p)), P.GRID)
-        floor = self.diagnosis.spread * p[seed]
-        found, todo = {seed}, [seed]
-        while todo:
-            r, c = todo.pop()
-            for n in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
-                if n not in found and 0 <= n[0] < P.GRID and 0 <= n[1] < P.GRID and p[n] >= floor:
-                    found.add(n)
-                    todo.append(n)
-        rows, cols = [r for r, _ in found], [c for _, c in found]
-        return min(rows) * P.GRID + min(cols), max(rows) * P.GRID + max(cols)
+        return grounded_region(self.probs[:, type_index], self.diagnosis.spread)
 
     def restrict(self, grammar: P.Grammar, allowed: tuple[int, ...]) -> tuple[int, ...]:
         """The tokens the grammar allows, narrowed to findings this map grounds."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from . import protocol as P
 from .runtime import Trajectory
@@ -44,6 +46,11 @@ class Result:
     model: dict
     backend: str
     timings_ms: dict
+    # Where quality suffers, beyond the findings named: array [row, col, type] of shape (GRID, GRID,
+    # len(P.FINDING_TYPES) + 1), each grid cell's probability of every finding type and, last, of "clean", as
+    # the critic's diagnosis read them after its zooms and checks. None for a critic without a diagnosis.
+    # Read-only; not in the JSON trace.
+    damage_map: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def trace(self) -> dict:
@@ -99,4 +106,13 @@ def build_result(name: str, traj: Trajectory, size: tuple[int, int], model: dict
                           "window": [x0, y0, x1, y1]})
     found = tuple(findings)
     return Result(file=name, score=score, level=level, level_probs=probs, findings=found, steps=tuple(steps),
-                  rationale=rationale(found, level), model=model, backend=backend, timings_ms=timings_ms)
+                  rationale=rationale(found, level), model=model, backend=backend, timings_ms=timings_ms,
+                  damage_map=_damage_map(traj.cell_probs))
+
+
+def _damage_map(cell_probs: np.ndarray | None) -> np.ndarray | None:
+    if cell_probs is None:
+        return None
+    out = np.array(cell_probs, np.float32).reshape(P.GRID, P.GRID, -1)
+    out.flags.writeable = False
+    return out

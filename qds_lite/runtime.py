@@ -30,6 +30,7 @@ class Trajectory:
     checks: list[tuple[int, tuple[int, int, int, int]]] = field(default_factory=list)  # read for the findings only
     findings: list[P.Finding] = field(default_factory=list)
     level_probs: np.ndarray | None = None
+    cell_probs: np.ndarray | None = None  # the diagnosis map the findings were grounded in (cells, types + clean)
     model_ms: float = 0.0
 
 
@@ -85,6 +86,7 @@ class Reasoner:
                 break
             logits = session.step(np.concatenate(new + [self.tok_embd[forced]]))
         traj.findings = grammar.findings
+        traj.cell_probs = None if cells is None else cells.probs
         traj.model_ms = (time.perf_counter() - t0) * 1e3
         return traj
 

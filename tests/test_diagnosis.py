@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
+
 import numpy as np
 import pytest
 
 from qds_lite import protocol as P
+from qds_lite.critic import Critic
 from qds_lite.diagnosis import CLEAN, CellMap, Diagnosis
 
 NOISE, BANDING, HAZE = (P.FINDING_TYPES.index(t) for t in ("noise", "banding", "haze"))
@@ -121,29 +126,133 @@ def test_checks_ground_the_findings_and_leave_the_verdict_alone():
     assert not any(s["tool"] in ("zoom", "check") for s in critic.score(image, zooms=0).steps)
 
 
+def _evidence(maps: list[CellMap], applied: list[tuple[int, float] | None]):
+    """Evidence of hand-made maps, each image with its applied (type, severity) or None (clean)."""
+    from export.diagnosis import Evidence
+
+    return Evidence(np.stack([m.probs for m in maps]), [[] if a is None else [(*a, None)] for a in applied])
+
+
 def test_support_is_chosen_per_type():
-    """Noise: damaged samples read 0.9, clean ones 0.6 (confident false alarms); banding: damaged 0.4,
-    clean 0.2. No single threshold separates both; one per type does, and a type the samples never show
+    """Noise: damaged images read 0.9, clean ones 0.6 (confident false alarms); banding: damaged 0.4,
+    clean 0.2. No single threshold separates both; one per type does, and a type the images never show
     gets the pooled best."""
     pytest.importorskip("torch")
     from export.diagnosis import choose_support
-    from export.samples import KIND_NAMES
 
-    maps, n = [], 40
-    kinds = np.full((n, 3), -1, np.int8)
-    severity = np.zeros((n, 3), np.float32)
-    region = np.full((n, 3, 4), -1, np.int8)
-    for i in range(n):
+    maps, applied = [], []
+    for i in range(40):
         damaged = i % 2 == 0
-        kind, t = (("luma_noise", NOISE), ("banding", BANDING))[i // 2 % 2]
-        if damaged:
-            kinds[i, 0], severity[i, 0] = KIND_NAMES.index(kind), 0.8
+        t = (NOISE, BANDING)[i // 2 % 2]
         p = {NOISE: (0.9, 0.6), BANDING: (0.4, 0.2)}[t][0 if damaged else 1]
         maps.append(cell_map({3: (t, p)}))
-    support, balanced = choose_support(maps, {"kinds": kinds, "severity": severity, "region": region})
+        applied.append((t, 0.8) if damaged else None)
+    support, balanced = choose_support(_evidence(maps, applied))
     assert 0.6 < support[NOISE] <= 0.9 and 0.2 < support[BANDING] <= 0.4
     assert balanced == pytest.approx(1.0)
     assert support[HAZE] == support[P.FINDING_TYPES.index("upscale_artifacts")]  # both unseen: the pooled best
+
+
+@pytest.mark.parametrize(("weight", "chosen"), [(1.0, "low"), (2.0, "high")])
+def test_a_false_alarm_weighs_false_alarm_weight_hits(monkeypatch, weight, chosen):
+    """Noise in 10 images: 7 read 0.8, 3 read 0.4; of 8 clean ones, 2 read 0.4 too. A low threshold finds all
+    10 and flags 2 of 8 clean (1 - 0.25, balanced-accuracy style, beats 0.7); weighing a false alarm twice,
+    the high one (0.7 - 0) beats it (1 - 0.5)."""
+    pytest.importorskip("torch")
+    from export import diagnosis
+
+    monkeypatch.setattr(diagnosis, "FALSE_ALARM_WEIGHT", weight)
+    reads = [0.8] * 7 + [0.4] * 3 + [0.4] * 2 + [0.05] * 6
+    maps = [cell_map({0: (NOISE, p)}) for p in reads]
+    applied = [(NOISE, 0.6)] * 10 + [None] * 8
+    support, _ = diagnosis.choose_support(_evidence(maps, applied))
+    assert (support[NOISE] <= 0.4) == (chosen == "low") and support[NOISE] <= 0.8
+
+
+def test_thresholds_are_read_from_a_benchmark_run_as_from_samples():
+    """The runtime's maps recorded by the accuracy benchmark give the same evidence as cached samples'."""
+    pytest.importorskip("torch")
+    from export.diagnosis import METHOD, Evidence, choose_thresholds
+    from export.samples import KIND_NAMES
+    from export.synth import KINDS
+
+    maps = [cell_map({5: (NOISE, 0.9), 6: (NOISE, 0.7)}), cell_map({}), cell_map({10: (BANDING, 0.8)})]
+    samples = {"kinds": np.array([[KIND_NAMES.index("luma_noise"), -1, -1], [-1] * 3,
+                                  [KIND_NAMES.index("banding"), -1, -1]], np.int8),
+               "severity": np.array([[0.6, 0, 0], [0] * 3, [0.6, 0, 0]], np.float32),
+               "region": np.array([[(1, 1, 3, 2), (-1,) * 4, (-1,) * 4], [(-1,) * 4] * 3,
+                                   [(-1,) * 4] * 3], np.int8)}
+    records = [{"kind": k, "finding": KINDS.get(k or ""), "severity": s, "region": r,
+                "cells": {METHOD: m.probs.tolist()}}
+               for k, s, r, m in (("luma_noise", 0.6, [1, 1, 3, 2], maps[0]), (None, 0.0, None, maps[1]),
+                                  ("banding", 0.6, None, maps[2]))]
+    from_samples = choose_thresholds(Evidence.of_samples(maps, samples), log=lambda _: None)
+    assert choose_thresholds(Evidence.of_records(records, METHOD), log=lambda _: None) == from_samples
+    assert from_samples["dev_box_hit"] == 1.0  # cells 5 and 6: columns 1-2 of row 1, the noise region
+
+
+def _dev_run(root, with_maps: bool = True) -> dict:
+    """A dev-split accuracy run of the critic in ``root`` whose maps show noise in cells 5 and 6 of the noisy
+    images and nothing on the clean ones."""
+    from export.diagnosis import METHOD
+
+    manifest = json.loads((root / "manifest.json").read_text())
+    noisy, clean = cell_map({5: (NOISE, 0.9), 6: (NOISE, 0.7)}), cell_map({})
+    records = [{"kind": "luma_noise", "finding": "noise", "severity": 0.6, "region": [1, 1, 3, 2],
+                "cells": {METHOD: noisy.probs.tolist()} if with_maps else {}}] * 3
+    records += [{"kind": None, "finding": None, "severity": 0.0, "region": None,
+                 "cells": {METHOD: clean.probs.tolist()} if with_maps else {}}] * 3
+    return {"command": "python -m benchmarks.accuracy --split dev --seed 1", "settings": {"split": "dev"},
+            "model": {"files": {f["path"]: f["sha256"] for f in manifest["files"]}}, "methods": [METHOD],
+            "records": records}
+
+
+def test_choosing_on_a_dev_run_writes_the_thresholds_into_the_manifest(tmp_path):
+    pytest.importorskip("torch")
+    from export import diagnosis
+    from qds_lite.model_store import BUNDLED_DIR, DEFAULT_MODEL
+
+    root = tmp_path / "critic"
+    shutil.copytree(BUNDLED_DIR / DEFAULT_MODEL, root)
+    (tmp_path / "run.json").write_text(json.dumps(_dev_run(root)))
+    diagnosis.main(["--model-dir", str(root), "--records", str(tmp_path / "run.json")])
+    entry = json.loads((root / "manifest.json").read_text())["config"]["diagnosis"]
+    assert 0.0 < entry["support"][NOISE] <= 0.9 and entry["chosen_on"].endswith("--seed 1")
+    noisy = cell_map({5: (NOISE, 0.9), 6: (NOISE, 0.7)}, spread=entry["spread"])
+    assert noisy.region(NOISE) == (5, 6)  # the box the spread grows covers the noisy region exactly
+    critic = Critic.load(root, backend="onnx")  # files untouched: it still verifies, and reads the new thresholds
+    assert critic._reasoner.diagnosis.support[NOISE] == entry["support"][NOISE]
+
+
+def test_the_accuracy_benchmark_records_the_maps_thresholds_are_chosen_from():
+    pytest.importorskip("torch")
+    import qds_lite
+    from benchmarks.accuracy import score_all
+    from export.diagnosis import METHOD, Evidence
+
+    from .conftest import DATA
+
+    critic = qds_lite.load(backend="onnx")
+    records, _, _ = score_all([DATA / "coffee_clean.jpg"], DATA, {METHOD: critic}, [], ["luma_noise"], (0.5,),
+                              seed=0, grid=P.GRID)
+    assert [r["kind"] for r in records] == [None, "luma_noise", "luma_noise"]  # pristine, global, local
+    evidence = Evidence.of_records(records, METHOD)
+    assert evidence.maps.shape == (3, P.N_CELLS, CLEAN + 1) and np.allclose(evidence.maps.sum(-1), 1, atol=1e-3)
+    assert evidence.degradations[0] == [] and evidence.degradations[2][0][2] == tuple(records[2]["region"])
+
+
+def test_choosing_refuses_a_run_without_maps(tmp_path):
+    pytest.importorskip("torch")
+    from export import diagnosis
+    from qds_lite.model_store import BUNDLED_DIR, DEFAULT_MODEL
+
+    root = tmp_path / "critic"
+    shutil.copytree(BUNDLED_DIR / DEFAULT_MODEL, root)
+    (tmp_path / "run.json").write_text(json.dumps(_dev_run(root, with_maps=False)))
+    before = (root / "manifest.json").read_bytes()
+    with pytest.raises(SystemExit, match="no diagnosis maps"):
+        diagnosis.main(["--model-dir", str(root), "--records", str(tmp_path / "run.json")])
+    assert (root / "manifest.json").read_bytes() == before
 
 
 def test_pending_type_outside_a_finding_is_an_error():
@@ -203,6 +312,28 @@ def test_bundled_critic_boxes_local_damage_where_it_is():
             hits += hit
             seen.append(f"{name} {kind} {region}: {[(f.type, f.box) for f in r.findings]}")
     assert hits >= len(seen) // 2, "\n".join(seen)
+
+
+def test_results_carry_the_damage_map_the_findings_were_grounded_in():
+    """Strong noise in the top-left quarter: the map reads those cells as damaged more than the rest, and every
+    finding's box is where its type reads highest. The map is a read-only (grid, grid, types + clean) array of
+    probabilities, left out of the trace and of Result equality."""
+    from PIL import Image
+
+    import qds_lite
+    from export import synth
+
+    from .conftest import DATA
+
+    photo = np.asarray(Image.open(DATA / "coffee_clean.jpg").convert("RGB"))
+    r = qds_lite.load(backend="onnx").score(synth.apply(photo, [synth.Degradation("luma_noise", 0.8, (0, 0, 2, 2), 0)]))
+    m = r.damage_map
+    assert m.shape == (P.GRID, P.GRID, CLEAN + 1) and np.allclose(m.sum(-1), 1, atol=1e-5) and not m.flags.writeable
+    assert m[:2, :2, CLEAN].mean() < m[2:, 2:, CLEAN].mean()
+    for f in r.findings:
+        row, col = np.unravel_index(np.argmax(m[..., P.FINDING_TYPES.index(f.type)]), (P.GRID, P.GRID))
+        assert f.box[0] <= (col + 0.5) / P.GRID <= f.box[2] and f.box[1] <= (row + 0.5) / P.GRID <= f.box[3]
+    assert "damage_map" not in r.trace and dataclasses.replace(r, damage_map=None) == r
 
 
 def _fake_samples(n: int, seed: int, feat: int = 12) -> dict[str, np.ndarray]:
