@@ -146,6 +146,16 @@ def test_local_edit_stays_in_its_box():
     assert 0.0 < m[200, 450] < 1.0  # feathered edge
 
 
+def test_a_kind_of_fix_is_not_made_again_over_most_of_its_region():
+    from qds_lite.refine import _covers
+
+    made = (0.25, 0.25, 0.75, 1.0)
+    assert _covers(made, (0.25, 0.25, 0.5, 1.0))  # the critic's box shifted inside the edited one
+    assert _covers(made, (0.5, 0.5, 1.0, 1.0))  # half of it inside
+    assert not _covers(made, (0.75, 0.0, 1.0, 0.5)) and not _covers(made, None)  # elsewhere; the whole image
+    assert _covers(None, (0.0, 0.0, 0.25, 0.25))  # after a global edit, no local one of the same kind
+
+
 def test_niqe_matches_the_reference_port():
     from benchmarks.baselines import niqe_score
 
