@@ -47,7 +47,7 @@ MIN_EV = 0.5  # exposure change worth making, in stops (white point: 0.01 stops)
 MIN_NOISE = 2.0  # noise sigma in 8-bit levels, luma or chroma, before denoising (1.0 and 0.9)
 MAX_RANGE = 205.0  # tonal range in 8-bit levels below which contrast is stretched (254; 2nd percentile 205)
 MIN_CAST = 0.2  # largest white-balance log-gain before correcting a cast (0.09)
-MIN_BLOCKINESS = 1.05  # JPEG 8x8 block-edge contrast ratio before deblocking (1.00)
+MIN_BLOCKINESS = 1.1  # JPEG 8x8 block-edge contrast ratio before deblocking (1.02; 98th percentile 1.10)
 GUARD_LONG_SIDE = 1024  # NIQE is measured on a view this large at most (it is a relative check)
 OUTPUT_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
 

@@ -89,12 +89,18 @@ def chroma_noise(rgb: np.ndarray) -> float:
 
 
 def blockiness(rgb: np.ndarray) -> float:
-    """Mean grey step across 8x8 block edges over the mean step elsewhere: 1 for an image without JPEG blocks."""
+    """How much the grey steps at the strongest of the 8 column (and row) phases exceed the mean step at the
+    other seven: ~1 for an image without JPEG blocks, wherever its block grid starts (a photo cropped after
+    compression, or a region whose edge is not on the grid, puts the block edges off the 8 px grid)."""
     grey = rgb.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])
     ratios = []
     for d in (np.abs(np.diff(grey, axis=1)), np.abs(np.diff(grey, axis=0)).T):
-        inside = np.delete(d, np.s_[7::8], axis=1).mean()
-        ratios.append(float(d[:, 7::8].mean() / max(float(inside), 1e-3)))
+        n = d.shape[1] // 8 * 8
+        if n == 0:
+            return 1.0
+        phases = d[:, :n].reshape(d.shape[0], -1, 8).mean(axis=(0, 1))
+        k = int(phases.argmax())
+        ratios.append(float(phases[k] / max(float(np.delete(phases, k).mean()), 1e-3)))
     return float(np.mean(ratios))
 
 

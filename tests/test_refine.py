@@ -177,3 +177,15 @@ def test_benchmark_ssim_and_psnr():
     noisy = np.clip(rgb + np.random.default_rng(0).normal(0, 8, rgb.shape), 0, 255).astype(np.uint8)
     assert ssim(rgb, rgb) == pytest.approx(1.0) and psnr(rgb, rgb) == float("inf")
     assert 0.5 < ssim(rgb, noisy) < 0.99 and 25 < psnr(rgb, noisy) < 35
+
+
+def test_blockiness_finds_jpeg_blocks_off_the_8px_grid():
+    from qds_lite.refine import MIN_BLOCKINESS
+
+    clean = np.asarray(Image.open(DATA / "coffee_clean.jpg").convert("RGB"))
+    buf = io.BytesIO()
+    Image.fromarray(clean).save(buf, format="JPEG", quality=8)
+    blocky = np.asarray(Image.open(buf).convert("RGB"))
+    assert refine_ops.blockiness(clean) < MIN_BLOCKINESS < refine_ops.blockiness(blocky)
+    assert refine_ops.blockiness(blocky[3:, 5:]) > MIN_BLOCKINESS  # cropped after compression: the grid moved
+    assert refine_ops.blockiness(blocky[:5, :5]) == 1.0  # too small to tell
