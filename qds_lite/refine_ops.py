@@ -249,15 +249,22 @@ def soften(rgb: np.ndarray, sigma: float, amount: float) -> np.ndarray:
 
 # --- applying an operation in a region -------------------------------------------------------------
 def feathered_mask(shape_hw: tuple[int, int], box: tuple[float, float, float, float]) -> np.ndarray:
-    """Float32 HxW mask: 1 inside the fractional ``box``, a Gaussian-blurred edge (sigma 3 % of the short
-    side) towards 0 outside it; image borders are not feathered."""
+    """Float32 HxW mask: 1 inside the fractional ``box`` but for a Gaussian-blurred edge (sigma 3 % of the
+    short side) that falls to ~0 at the box's sides, and 0 outside it; image borders are not feathered.
+
+    The feather lies inside the box, so a local edit never touches pixels outside the box the critic flagged:
+    its boxes are whole grid cells, already larger than the damage they hold."""
     cv = cv2()
     h, w = shape_hw
-    m = np.zeros((h, w), np.float32)
-    x0, y0, x1, y1 = round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h)
-    m[y0:y1, x0:x1] = 1.0
     sigma = max(1.0, 0.03 * min(h, w))
-    return cv.GaussianBlur(m, (0, 0), sigma, borderType=cv.BORDER_REPLICATE)
+    x0, y0, x1, y1 = round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h)
+    d = round(2 * sigma)  # the blurred edge is at ~2 % of the edit's strength at the box's sides
+    m = np.zeros((h, w), np.float32)
+    m[y0 + d * (y0 > 0):y1 - d * (y1 < h), x0 + d * (x0 > 0):x1 - d * (x1 < w)] = 1.0
+    m = cv.GaussianBlur(m, (0, 0), sigma, borderType=cv.BORDER_REPLICATE)
+    inside = np.zeros((h, w), np.float32)
+    inside[y0:y1, x0:x1] = 1.0
+    return m * inside
 
 
 def blend(base: np.ndarray, edited: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -141,9 +141,10 @@ def test_missing_opencv_names_the_extra(critic, monkeypatch):
 
 def test_local_edit_stays_in_its_box():
     m = refine_ops.feathered_mask((400, 600), (0.5, 0.5, 1.0, 1.0))
-    assert m[300, 450] == pytest.approx(1.0)  # inside
-    assert m[:150].max() == 0.0 and m[:, :250].max() == 0.0  # far outside: untouched
-    assert 0.0 < m[200, 450] < 1.0  # feathered edge
+    assert m[320, 470] == pytest.approx(1.0, abs=1e-3)  # inside
+    assert m[:200].max() == 0.0 and m[:, :300].max() == 0.0  # outside: untouched
+    assert 0.0 < m[205, 470] < 0.2 and 0.0 < m[320, 305] < 0.2  # feathered inside the box's sides
+    assert m[399, 470] == pytest.approx(1.0, abs=1e-3) and m[320, 599] == pytest.approx(1.0, abs=1e-3)  # borders
 
 
 def test_a_kind_of_fix_is_not_made_again_over_most_of_its_region():
