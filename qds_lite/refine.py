@@ -13,7 +13,7 @@ a fix is only tried where the pixels bear its finding out (thresholds below, set
 measure), each kind of fix is made at most once over the same part of the image (a region at least half
 inside one it was made in counts as the same), and the critic's score then picks the strength.
 A local finding is fixed inside its box only, blended in with a feathered mask; one that covers most of the
-image is fixed globally.
+image is fixed globally, and so is an exposure finding whose box is no darker (or brighter) than the rest.
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ def refine(critic: Critic, source: Source | LoadedImage, *, max_steps: int = 4, 
         tried: set[tuple[Callable, Box | None]] = set()  # a repeated finding is tried once per round
         for finding in result.findings:
             plan = OPERATIONS.get(finding.type)
-            region = None if describe_box(finding.box) == "whole image" else finding.box
+            region = _fault_region(finding, rgb)
             if plan is None or (plan, region) in tried or any(p is plan and _covers(r, region) for p, r in done):
                 continue
             tried.add((plan, region))
@@ -221,6 +221,27 @@ def refine(critic: Critic, source: Source | LoadedImage, *, max_steps: int = 4, 
     final = dataclasses.replace(result, file=initial.file)
     image = loaded.full if not kept and isinstance(loaded.full, Image.Image) else Image.fromarray(rgb)
     return Refinement(image=image, steps=tuple(steps), initial=initial, final=final, source_path=path)
+
+
+def _fault_region(finding: Finding, rgb: np.ndarray) -> Box | None:
+    """Where to fix ``finding``: its box, or None for the whole image. An exposure finding whose box is not at
+    least MIN_EV darker (underexposure) or brighter (overexposure) than the rest of the photo is the photo's
+    fault, not the box's: the critic often boxes a photo-wide exposure error in a few cells, and a box of a
+    dark scene lifted above the rest of it was refine's worst edit on clean photos; fixed globally, the
+    exposure gains are bounded by the whole photo's histogram (a dark scene's lights keep it dark)."""
+    if describe_box(finding.box) == "whole image":
+        return None
+    if finding.type not in ("underexposure", "overexposure"):
+        return finding.box
+    step = max(1, math.isqrt(rgb.shape[0] * rgb.shape[1] // 250_000))  # ~250k pixels are plenty for a mean
+    view = rgb[::step, ::step]
+    x0, y0, x1, y1 = _pixels(finding.box, *view.shape[:2])
+    outside = np.ones(view.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    if not outside.any() or y1 <= y0 or x1 <= x0:
+        return None
+    darker = math.log2(ops.key(view[outside]) / ops.key(view[y0:y1, x0:x1]))  # stops the box is below the rest
+    return finding.box if (darker if finding.type == "underexposure" else -darker) >= MIN_EV else None
 
 
 def _covers(made: Box | None, region: Box | None) -> bool:

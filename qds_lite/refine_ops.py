@@ -115,10 +115,15 @@ def cast_strength(rgb: np.ndarray) -> float:
     return float(np.abs(np.log(_wb_gains(to_linear(rgb), 12.0))).max())
 
 
+def key(rgb: np.ndarray) -> float:
+    """Log-average linear luminance (Reinhard's key) of uint8 sRGB pixels (any shape ending in 3): how bright
+    a photo, or a part of it, reads."""
+    return math.exp(float(np.log(luminance(to_linear(rgb)) + 1e-4).mean()))
+
+
 def key_gain(rgb: np.ndarray, target: float = 0.18) -> float:
-    """Linear gain that brings the log-average luminance (Reinhard's key) to ``target`` (mid-grey)."""
-    y = luminance(to_linear(rgb))
-    return float(target / math.exp(float(np.log(y + 1e-4).mean())))
+    """Linear gain that brings the key (:func:`key`) to ``target`` (mid-grey)."""
+    return target / key(rgb)
 
 
 def clipped_share(rgb: np.ndarray) -> float:
