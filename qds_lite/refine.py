@@ -13,7 +13,7 @@ a fix is only tried where the pixels bear its finding out (thresholds below, set
 measure), each kind of fix is made at most once over the same part of the image (a region at least half
 inside one it was made in counts as the same), and the critic's score then picks the strength.
 A local finding is fixed inside its box only, blended in with a feathered mask; one that covers most of the
-image is fixed globally, and so is an exposure finding whose box is no darker (or brighter) than the rest.
+image is fixed globally, and so is a tonal or colour finding whose fault the rest of the photo shows too.
 """
 
 from __future__ import annotations
@@ -224,24 +224,35 @@ def refine(critic: Critic, source: Source | LoadedImage, *, max_steps: int = 4, 
 
 
 def _fault_region(finding: Finding, rgb: np.ndarray) -> Box | None:
-    """Where to fix ``finding``: its box, or None for the whole image. An exposure finding whose box is not at
-    least MIN_EV darker (underexposure) or brighter (overexposure) than the rest of the photo is the photo's
-    fault, not the box's: the critic often boxes a photo-wide exposure error in a few cells, and a box of a
-    dark scene lifted above the rest of it was refine's worst edit on clean photos; fixed globally, the
-    exposure gains are bounded by the whole photo's histogram (a dark scene's lights keep it dark)."""
+    """Where to fix ``finding``: its box, or None for the whole image.
+
+    A tonal or colour finding is the photo's fault, not its box's, when the rest of the photo shows it too:
+    the critic often boxes a photo-wide exposure, contrast or colour error in a few cells, and an edit kept to
+    them (a box of a dark scene lifted above the rest of it) was refine's worst on clean photos; fixed
+    globally, the edit's strength is measured on the whole photo (a dark scene's lights keep it dark).
+    Underexposure is the photo's unless its box is at least MIN_EV darker than the rest (overexposure:
+    brighter); low contrast and haze when the rest's tonal range is within MAX_RANGE too; a colour cast when
+    the rest shows a cast of at least MIN_CAST too."""
     if describe_box(finding.box) == "whole image":
         return None
-    if finding.type not in ("underexposure", "overexposure"):
+    if finding.type not in ("underexposure", "overexposure", "low_contrast", "haze", "color_cast"):
         return finding.box
-    step = max(1, math.isqrt(rgb.shape[0] * rgb.shape[1] // 250_000))  # ~250k pixels are plenty for a mean
+    step = max(1, math.isqrt(rgb.shape[0] * rgb.shape[1] // 250_000))  # ~250k pixels are plenty for these
     view = rgb[::step, ::step]
     x0, y0, x1, y1 = _pixels(finding.box, *view.shape[:2])
     outside = np.ones(view.shape[:2], bool)
     outside[y0:y1, x0:x1] = False
     if not outside.any() or y1 <= y0 or x1 <= x0:
         return None
-    darker = math.log2(ops.key(view[outside]) / ops.key(view[y0:y1, x0:x1]))  # stops the box is below the rest
-    return finding.box if (darker if finding.type == "underexposure" else -darker) >= MIN_EV else None
+    rest = view[outside]
+    if finding.type == "color_cast":
+        local = ops.cast_strength(rest) < MIN_CAST
+    elif finding.type in ("low_contrast", "haze"):
+        local = ops.tonal_range(rest) > MAX_RANGE
+    else:
+        darker = math.log2(ops.key(rest) / ops.key(view[y0:y1, x0:x1]))  # stops the box is below the rest
+        local = (darker if finding.type == "underexposure" else -darker) >= MIN_EV
+    return finding.box if local else None
 
 
 def _covers(made: Box | None, region: Box | None) -> bool:

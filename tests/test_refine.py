@@ -192,28 +192,31 @@ def test_blockiness_finds_jpeg_blocks_off_the_8px_grid():
     assert refine_ops.blockiness(blocky[:5, :5]) == 1.0  # too small to tell
 
 
-def test_an_exposure_fault_is_fixed_where_it_is():
+def test_a_tonal_or_colour_fault_is_fixed_where_it_is():
     from qds_lite.refine import _fault_region
     from qds_lite.result import Finding
 
     clean = np.asarray(Image.open(DATA / "coffee_clean.jpg").convert("RGB"))
     half = clean[:, : clean.shape[1] // 2]
-    scene = np.ascontiguousarray(np.concatenate([half, half[:, ::-1]], axis=1))  # both halves equally bright
+    scene = np.ascontiguousarray(np.concatenate([half, half[:, ::-1]], axis=1))  # both halves alike
     box = (0.5, 0.0, 1.0, 1.0)
 
-    def exposed(gain: float, region=None) -> np.ndarray:
+    def edited(fn, right_half_only: bool) -> np.ndarray:
         out = scene.copy()
-        sl = np.s_[:, scene.shape[1] // 2:] if region else np.s_[:, :]
-        out[sl] = refine_ops.exposure(scene[sl], gain)
+        sl = np.s_[:, scene.shape[1] // 2:] if right_half_only else np.s_[:, :]
+        out[sl] = fn(np.ascontiguousarray(scene[sl]))
         return out
 
     def where(kind: str, rgb: np.ndarray):
         return _fault_region(Finding(type=kind, severity=0.7, box=box, evidence_zoom=None), rgb)
 
-    assert where("underexposure", exposed(0.25, box)) == box  # the right half 2 stops down: fixed there
-    assert where("underexposure", exposed(0.25)) is None  # the whole photo down: fixed as a whole
-    assert where("overexposure", exposed(3.0, box)) == box
-    assert where("overexposure", exposed(3.0)) is None
+    faults = {"underexposure": lambda x: refine_ops.exposure(x, 0.25),
+              "overexposure": lambda x: refine_ops.exposure(x, 3.0),
+              "low_contrast": lambda x: (96 + 0.4 * x).astype(np.uint8),
+              "color_cast": lambda x: refine_ops.to_srgb(refine_ops.to_linear(x) * np.float32([1.0, 0.8, 0.6]))}
+    for kind, fault in faults.items():
+        assert where(kind, edited(fault, True)) == box, kind  # the right half only: fixed there
+        assert where(kind, edited(fault, False)) is None, kind  # the whole photo: fixed as a whole
     assert where("noise", scene) == box  # other faults stay in their box
     assert _fault_region(Finding(type="noise", severity=0.5, box=(0.0, 0.0, 1.0, 1.0), evidence_zoom=None),
                          scene) is None
