@@ -193,6 +193,9 @@ def main() -> None:
                     help="weight of the Thurstone ranking loss across images (0 turns it off; ablation)")
     ap.add_argument("--feature-dropout", type=float, default=FEATURE_DROPOUT,
                     help="dropout on the visual features while training (default: %(default)s)")
+    ap.add_argument("--colour-jitter", type=float, default=0.0, metavar="DEG",
+                    help="turn each training photo's hue by up to DEG degrees (and its saturation) before it is "
+                         "degraded (export.samples.jitter_colour; off: it ranked worse on dev)")
     ap.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=False,
                     help=f"also fine-tune the trunk from block {FINETUNE_FROM} on (ablation: no gain measured, README)")
     ap.add_argument("--teacher", action=argparse.BooleanOptionalAction, default=False,
@@ -218,9 +221,11 @@ def main() -> None:
     trunk_onnx = a.work / "trunk.onnx"
     export_trunk(trunk, trunk_onnx)
     cache = a.cache or a.work / "cache"
-    dev = load_shards(build_samples("dev", DEV_VARIANTS, cache, str(trunk_onnx), seed=SEED, workers=a.workers))
+    dev = load_shards(build_samples("dev", DEV_VARIANTS, cache, str(trunk_onnx), seed=SEED, workers=a.workers,
+                                    colour_jitter=a.colour_jitter))
     data = load_shards([shard for b in range(a.batches) for shard in build_samples(
-        "train", a.variants, cache, str(trunk_onnx), seed=SEED + b, workers=a.workers)])
+        "train", a.variants, cache, str(trunk_onnx), seed=SEED + b, workers=a.workers,
+        colour_jitter=a.colour_jitter)])
     print(f"samples: train {len(data['kinds'])}, dev {len(dev['kinds'])}", flush=True)
 
     cfg = critic_config()
@@ -229,7 +234,7 @@ def main() -> None:
     settings = {"seed": SEED, "epochs": a.epochs, "variants": a.variants, "batches": a.batches,
                 "loss_weights": asdict(weights), "config": cfg.to_dict(),
                 "finetune_from": FINETUNE_FROM if a.finetune else None, "feature_dropout": a.feature_dropout,
-                "reportable": oracle.REPORTABLE}
+                "reportable": oracle.REPORTABLE, **({"colour_jitter": a.colour_jitter} if a.colour_jitter else {})}
     teacher = None
     if a.teacher:
         tcfg = teacher_config(cfg)

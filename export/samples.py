@@ -31,8 +31,29 @@ MAX_DEGS = 3
 ORACLE_CELLS, RANDOM_CELLS = 4, 2  # zooms cached per sample
 
 
-def frame(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random scale (long side 384..1024 px, never upscaled), crop (70-100 % per side) and flip."""
+# Optional scene colour jitter of the clean photo before it is degraded (export.build --colour-jitter DEG):
+# hue turned by up to DEG degrees, saturation scaled by SATURATION^U(-1, 1). Neither moves a neutral grey,
+# which a white-balance error (synth.color_cast) does. Off by default: on dev it named findings better and
+# ranked worse, colour casts most of all (README, *Training the critic*).
+SATURATION = 1.3
+_YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], np.float32)
+
+
+def jitter_colour(rgb: np.ndarray, rng: np.random.Generator, hue_deg: float) -> np.ndarray:
+    """Rotate the chroma of an HxWx3 uint8 photo in YCbCr (BT.601) by U(-hue_deg, hue_deg) degrees and
+    scale it by SATURATION^U(-1, 1); luma unchanged."""
+    angle = np.deg2rad(rng.uniform(-hue_deg, hue_deg))
+    gain = SATURATION ** rng.uniform(-1.0, 1.0)
+    c, s = np.cos(angle) * gain, np.sin(angle) * gain
+    turn = np.array([[1, 0, 0], [0, c, -s], [0, s, c]], np.float32)
+    m = np.linalg.inv(_YCC) @ turn @ _YCC  # one 3x3 map in RGB: back from YCbCr after the chroma turn
+    out = rgb.astype(np.float32) @ m.T.astype(np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def frame(photo: np.ndarray, rng: np.random.Generator, colour_jitter: float = 0.0) -> np.ndarray:
+    """Random scale (long side 384..1024 px, never upscaled), crop (70-100 % per side), flip, and with
+    ``colour_jitter`` > 0 :func:`jitter_colour` by up to that many degrees of hue."""
     h, w = photo.shape[:2]
     long_side = rng.uniform(384, 1024)
     scale = min(1.0, long_side / max(h, w))
@@ -46,7 +67,7 @@ def frame(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     arr = arr[y:y + ch, x:x + cw]
     if rng.random() < 0.5:
         arr = arr[:, ::-1]
-    return np.ascontiguousarray(arr)
+    return jitter_colour(arr, rng, colour_jitter) if colour_jitter else np.ascontiguousarray(arr)
 
 
 def zoom_order(damage: np.ndarray, texture: np.ndarray) -> list[int]:
@@ -90,8 +111,9 @@ class TrunkRunner:
         return features.astype(np.float16), finetune_input.astype(np.float16)
 
 
-def make_sample(photo: np.ndarray, rng: np.random.Generator, trunk: TrunkRunner, p_clean: float) -> dict:
-    clean = frame(photo, rng)
+def make_sample(photo: np.ndarray, rng: np.random.Generator, trunk: TrunkRunner, p_clean: float,
+                colour_jitter: float = 0.0) -> dict:
+    clean = frame(photo, rng, colour_jitter)
     degs = synth.sample(rng, max_degradations=2, p_clean=p_clean)
     degraded = synth.apply(clean, degs)
     damage = synth.full_reference_damage(clean, degraded)
@@ -122,15 +144,15 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "big")
 
 
-def build_shard(args: tuple[list[str], int, int, str, str, float]) -> str:
-    photos, variants, seed, trunk_path, out, p_clean = args
+def build_shard(args: tuple[list[str], int, int, str, str, float, float]) -> str:
+    photos, variants, seed, trunk_path, out, p_clean, colour_jitter = args
     trunk = TrunkRunner(trunk_path)
     rows: dict[str, list] = {}
     for path in photos:
         photo = np.asarray(Image.open(path).convert("RGB"))
         for v in range(variants):
             rng = np.random.default_rng(stable_seed(seed, Path(path).name, v))
-            s = make_sample(photo, rng, trunk, p_clean)
+            s = make_sample(photo, rng, trunk, p_clean, colour_jitter)
             s["photo"] = np.int32(stable_seed(path) % 2**31)
             for k, val in s.items():
                 rows.setdefault(k, []).append(val)
@@ -139,14 +161,17 @@ def build_shard(args: tuple[list[str], int, int, str, str, float]) -> str:
 
 
 def build(split: str, variants: int, out_dir: Path, trunk_path: str, seed: int = 0, workers: int = 2,
-          p_clean: float = 0.12) -> list[Path]:
+          p_clean: float = 0.12, colour_jitter: float = 0.0) -> list[Path]:
     """Build (or reuse) the cached shards of one split; returns their paths."""
     photos = [str(p) for p in pristine_photos(split)]
     out_dir.mkdir(parents=True, exist_ok=True)
     trunk_sha = hashlib.sha256(Path(trunk_path).read_bytes()).hexdigest()  # features change with the trunk
-    key = hashlib.sha256(json.dumps([photos, variants, seed, p_clean, KIND_NAMES, trunk_sha]).encode()).hexdigest()[:12]
+    jitter = [colour_jitter, SATURATION] if colour_jitter else []  # without it, the keys of older caches
+    key = hashlib.sha256(json.dumps([photos, variants, seed, p_clean, KIND_NAMES, trunk_sha, *jitter]).encode()
+                         ).hexdigest()[:12]
     n_shards = max(workers, len(photos) // 10)
-    jobs = [(photos[i::n_shards], variants, seed, trunk_path, str(out_dir / f"{split}-{key}-{i:03d}.npz"), p_clean)
+    jobs = [(photos[i::n_shards], variants, seed, trunk_path, str(out_dir / f"{split}-{key}-{i:03d}.npz"), p_clean,
+             colour_jitter)
             for i in range(n_shards)]
     todo = [j for j in jobs if not Path(j[4]).exists()]
     t0 = time.time()

@@ -250,3 +250,26 @@ def test_lab_and_transfer_functions():
     assert np.allclose(lab[0, 0], (100, 0, 0), atol=0.05)
     assert np.allclose(lab[0, 1], (0, 0, 0), atol=0.05)
     assert np.allclose(lab[0, 2], (53.24, 80.09, 67.20), atol=0.1)
+
+
+def test_colour_jitter_keeps_greys_and_luma(img):
+    """`export.build --colour-jitter` turns hue and saturation of the training photos but never tints a
+    neutral grey (what a colour cast does) nor changes brightness, beyond rounding and clipping."""
+    from export.samples import frame, jitter_colour
+
+    greys = np.repeat(np.arange(0, 256, 5, dtype=np.uint8)[:, None, None], 3, axis=2)
+    luma = np.array([0.299, 0.587, 0.114])
+    changed = 0.0
+    for seed in range(8):
+        out = jitter_colour(np.concatenate([img.reshape(-1, 1, 3), greys]), np.random.default_rng(seed), 15.0)
+        assert out.dtype == np.uint8 and out.shape == (img.size // 3 + len(greys), 1, 3)
+        assert np.abs(out[-len(greys):].astype(int) - greys).max() <= 1
+        body = out[:-len(greys), 0].astype(float)
+        assert np.abs(body @ luma - img.reshape(-1, 3) @ luma).mean() < 0.5
+        changed = max(changed, np.abs(body - img.reshape(-1, 3)).mean())
+    assert changed > 2.0  # it does turn the colours
+    # off by default: framing a small photo only crops and flips it, so every colour is one of the photo's
+    def code(a):
+        return a.reshape(-1, 3).astype(np.int64) @ np.array([65536, 256, 1])
+    assert np.isin(code(frame(img, np.random.default_rng(0))), code(img)).all()
+    assert not np.isin(code(frame(img, np.random.default_rng(0), 15.0)), code(img)).all()
