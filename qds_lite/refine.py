@@ -294,10 +294,15 @@ def _pixels(box: Box, h: int, w: int, pad: int = 0) -> tuple[int, int, int, int]
 
 
 def _crop(rgb: np.ndarray, region: Box | None) -> np.ndarray:
-    """The pixels of ``region``: what the strength of its edit is measured on."""
+    """The pixels an edit of ``region`` changes at full strength (the box inside its mask's feather): what
+    the edit's evidence and strength are measured on. A local degradation fades out towards its edges too,
+    and the untouched pixels there used to decide the measures that read extremes (the tonal range of a
+    hazy quarter read its clean edges)."""
     if region is None:
         return rgb
-    x0, y0, x1, y1 = _pixels(region, *rgb.shape[:2])
+    x0, y0, x1, y1 = ops.full_strength_rect(rgb.shape[:2], region)
+    if x1 <= x0 or y1 <= y0:  # a box too small to have a core: all of it
+        x0, y0, x1, y1 = ops.box_pixels(rgb.shape[:2], region)
     return np.ascontiguousarray(rgb[y0:y1, x0:x1])
 
 

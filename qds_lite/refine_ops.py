@@ -253,6 +253,26 @@ def soften(rgb: np.ndarray, sigma: float, amount: float) -> np.ndarray:
 
 
 # --- applying an operation in a region -------------------------------------------------------------
+def _feather_sigma(shape_hw: tuple[int, int]) -> float:
+    return max(1.0, 0.03 * min(shape_hw))
+
+
+def box_pixels(shape_hw: tuple[int, int], box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
+    """Pixel rectangle (x0, y0, x1, y1) of a fractional box."""
+    h, w = shape_hw
+    return round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h)
+
+
+def full_strength_rect(shape_hw: tuple[int, int], box: tuple[float, float, float, float]
+                       ) -> tuple[int, int, int, int]:
+    """The part of ``box`` that :func:`feathered_mask` edits at (nearly) full strength: the box shrunk by
+    twice the feather's sigma on every side that is not an image border."""
+    h, w = shape_hw
+    x0, y0, x1, y1 = box_pixels(shape_hw, box)
+    d = round(2 * _feather_sigma(shape_hw))
+    return x0 + d * (x0 > 0), y0 + d * (y0 > 0), x1 - d * (x1 < w), y1 - d * (y1 < h)
+
+
 def feathered_mask(shape_hw: tuple[int, int], box: tuple[float, float, float, float]) -> np.ndarray:
     """Float32 HxW mask: 1 inside the fractional ``box`` but for a Gaussian-blurred edge (sigma 3 % of the
     short side) that falls to ~0 at the box's sides, and 0 outside it; image borders are not feathered.
@@ -261,14 +281,13 @@ def feathered_mask(shape_hw: tuple[int, int], box: tuple[float, float, float, fl
     its boxes are whole grid cells, already larger than the damage they hold."""
     cv = cv2()
     h, w = shape_hw
-    sigma = max(1.0, 0.03 * min(h, w))
-    x0, y0, x1, y1 = round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h)
-    d = round(2 * sigma)  # the blurred edge is at ~2 % of the edit's strength at the box's sides
+    x0, y0, x1, y1 = full_strength_rect(shape_hw, box)  # the blurred edge is at ~2 % at the box's sides
     m = np.zeros((h, w), np.float32)
-    m[y0 + d * (y0 > 0):y1 - d * (y1 < h), x0 + d * (x0 > 0):x1 - d * (x1 < w)] = 1.0
-    m = cv.GaussianBlur(m, (0, 0), sigma, borderType=cv.BORDER_REPLICATE)
+    m[y0:y1, x0:x1] = 1.0
+    m = cv.GaussianBlur(m, (0, 0), _feather_sigma(shape_hw), borderType=cv.BORDER_REPLICATE)
+    bx0, by0, bx1, by1 = box_pixels(shape_hw, box)
     inside = np.zeros((h, w), np.float32)
-    inside[y0:y1, x0:x1] = 1.0
+    inside[by0:by1, bx0:bx1] = 1.0
     return m * inside
 
 

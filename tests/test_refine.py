@@ -220,3 +220,25 @@ def test_a_tonal_or_colour_fault_is_fixed_where_it_is():
     assert where("noise", scene) == box  # other faults stay in their box
     assert _fault_region(Finding(type="noise", severity=0.5, box=(0.0, 0.0, 1.0, 1.0), evidence_zoom=None),
                          scene) is None
+
+
+def test_a_local_fault_is_measured_where_its_edit_acts_in_full():
+    """The evidence for a local edit is read inside the box's feather, as its mask edits: the synthesizer's
+    local haze fades out towards the quarter's sides, and the tonal range of the whole quarter read its
+    clean edges (haze of severity 0.6 was never stretched)."""
+    from export import synth
+    from qds_lite.refine import MAX_RANGE, _contrast_ops, _crop
+    from qds_lite.result import Finding
+
+    clean = np.asarray(Image.open(DATA / "coffee_clean.jpg").convert("RGB"))
+    box = (0.5, 0.5, 1.0, 1.0)
+    hazy = synth.apply(clean, [synth.Degradation("haze", 0.6, (2, 2, 4, 4), 3)])
+    h, w = hazy.shape[:2]
+    quarter = hazy[h // 2:, w // 2:]
+    assert refine_ops.tonal_range(quarter) > MAX_RANGE  # the whole quarter still spans the range ...
+    core = _crop(hazy, box)
+    x0, y0, x1, y1 = refine_ops.full_strength_rect((h, w), box)
+    assert core.shape[:2] == (y1 - y0, x1 - x0) and x0 > w // 2 and y0 > h // 2 and (x1, y1) == (w, h)
+    assert refine_ops.tonal_range(core) <= MAX_RANGE  # ... where the edit acts in full, it does not
+    assert _contrast_ops(Finding(type="haze", severity=0.6, box=box, evidence_zoom=None), core)
+    assert _crop(clean, None) is clean
