@@ -196,6 +196,8 @@ def main() -> None:
     ap.add_argument("--colour-jitter", type=float, default=0.0, metavar="DEG",
                     help="turn each training photo's hue by up to DEG degrees (and its saturation) before it is "
                          "degraded (export.samples.jitter_colour; off: it ranked worse on dev)")
+    ap.add_argument("--tap-dropout", type=float, default=0.0,
+                    help="share of training sequences that see no block-13 (semantic) features (export.train.forward)")
     ap.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=False,
                     help=f"also fine-tune the trunk from block {FINETUNE_FROM} on (ablation: no gain measured, README)")
     ap.add_argument("--teacher", action=argparse.BooleanOptionalAction, default=False,
@@ -234,7 +236,8 @@ def main() -> None:
     settings = {"seed": SEED, "epochs": a.epochs, "variants": a.variants, "batches": a.batches,
                 "loss_weights": asdict(weights), "config": cfg.to_dict(),
                 "finetune_from": FINETUNE_FROM if a.finetune else None, "feature_dropout": a.feature_dropout,
-                "reportable": oracle.REPORTABLE, **({"colour_jitter": a.colour_jitter} if a.colour_jitter else {})}
+                "reportable": oracle.REPORTABLE, **({"colour_jitter": a.colour_jitter} if a.colour_jitter else {}),
+                **({"tap_dropout": a.tap_dropout} if a.tap_dropout else {})}
     teacher = None
     if a.teacher:
         tcfg = teacher_config(cfg)
@@ -254,7 +257,7 @@ def main() -> None:
         a.work / "head", settings, a.retrain,
         lambda: train(init_head(cfg, SEED), cfg, data, dev, epochs=a.epochs, seed=SEED, weights=weights,
                       trunk=finetunable(trunk) if a.finetune else None, dropout=a.feature_dropout,
-                      teacher=teacher))
+                      teacher=teacher, tap_dropout=a.tap_dropout))
     if a.rl_epochs:
         settings = settings | {"rl_epochs": a.rl_epochs, "rl_samples": a.rl_samples}
         supervised = head

@@ -277,12 +277,19 @@ def unfold_scaling(head: dict[str, np.ndarray], mu: np.ndarray, sigma: np.ndarra
 
 
 def forward(params: dict[str, torch.Tensor], cfg: CriticConfig, data, seq, idx,
-            dropout: float = 0.0, rows: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            dropout: float = 0.0, rows: np.ndarray | None = None,
+            tap_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced pass over sequences ``idx`` of ``seq`` -> (logits, final hidden states).
 
-    ``rows``: the data sample of each sequence (default: the same index, one sequence per sample)."""
+    ``rows``: the data sample of each sequence (default: the same index, one sequence per sample);
+    ``tap_dropout``: the share of sequences whose last-tap (block 13, semantic) features are all set to
+    their training mean, at every position, so the verdict cannot rest on recognising the photo."""
     rows = idx if rows is None else rows
     feats = (gather_features(data, rows, seq["feat_src"][idx], params) - params["feat_mu"]) / params["feat_sigma"]
+    if tap_dropout > 0:
+        semantic = torch.zeros(feats.shape[-1], dtype=torch.bool)
+        semantic[LAST_TAP_FEATURES] = True
+        feats = feats.masked_fill((torch.rand(len(idx), 1, 1) < tap_dropout) & semantic, 0.0)
     visual = project_features(params, F.dropout(feats, dropout, training=dropout > 0))
     x = embed_sequence(params, torch.from_numpy(seq["tok"][idx]), visual, torch.from_numpy(seq["slot"][idx]))
     h = reasoner_hidden(params, cfg, x)
@@ -372,7 +379,7 @@ def train(head: dict[str, np.ndarray], cfg: CriticConfig, data, dev, *, epochs: 
           lr: float = 2e-3, seed: int = 0, weights: LossWeights = LossWeights(),
           trunk: dict[str, np.ndarray] | None = None, dropout: float = FEATURE_DROPOUT,
           teacher: Teacher | None = None, sequences=build_sequences, folded: bool = False,
-          log=print) -> tuple[dict[str, np.ndarray], list[dict]]:
+          tap_dropout: float = 0.0, log=print) -> tuple[dict[str, np.ndarray], list[dict]]:
     """Returns the head (scaling folded in; with ``trunk``, the fine-tuned trunk blocks too) of the epoch
     that did best on dev, and the per-epoch log. ``trunk``: the blocks to fine-tune (:func:`finetunable`);
     ``dropout``: of the standardized visual features; ``teacher``: distil from it (weights.distill);
@@ -406,7 +413,8 @@ def train(head: dict[str, np.ndarray], cfg: CriticConfig, data, dev, *, epochs: 
         for s in range(0, n, batch):
             idx = order[s:s + batch]
             teacher_logits = teacher.logits(data, seq, idx) if teacher else None
-            loss = total_loss(losses(params, *forward(params, cfg, data, seq, idx, dropout), seq, idx,
+            loss = total_loss(losses(params, *forward(params, cfg, data, seq, idx, dropout, tap_dropout=tap_dropout),
+                                     seq, idx,
                                      teacher_logits), weights)
             opt.zero_grad()
             loss.backward()

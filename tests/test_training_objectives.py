@@ -166,3 +166,29 @@ def test_distillation_matches_the_teacher_over_allowed_tokens_only():
     assert float(verdict_only.detach()) == pytest.approx(0, abs=1e-5)
     parts["distill"].backward()
     assert float(student["dec.output"].grad.abs().sum()) > 0 and float(student["proj.w1"].grad.abs().sum()) > 0
+
+
+def test_tap_dropout_hides_the_semantic_tap_from_whole_sequences():
+    """`--tap-dropout p`: a dropped sequence reads its block-13 features at their training mean at every
+    position (as if they said nothing), the rest of its features as they are; p = 0 changes nothing."""
+    from export.build import critic_config
+    from export.train import Teacher, build_sequences, forward
+    from kernels.model import LAST_TAP_FEATURES, init_head
+
+    cfg = critic_config()
+    data = _toy_samples(cfg, 8, 0)
+    seq = build_sequences(data, np.random.default_rng(0), augment=False)
+    idx = np.arange(8)
+    params = Teacher.from_head(init_head(cfg, 2), cfg).params
+    blind = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in data.items()}
+    for key in ("glance", "zooms"):  # the features a dropped sequence should be reading
+        blind[key] = data[key].copy()
+        blind[key][..., LAST_TAP_FEATURES] = params["feat_mu"].numpy()[LAST_TAP_FEATURES]
+    plain, _ = forward(params, cfg, data, seq, idx)
+    assert torch.equal(forward(params, cfg, data, seq, idx, tap_dropout=0.0)[0], plain)
+    blind_logits, _ = forward(params, cfg, blind, seq, idx)
+    torch.manual_seed(0)
+    mixed, _ = forward(params, cfg, data, seq, idx, tap_dropout=0.5)
+    dropped = [bool(torch.allclose(mixed[i], blind_logits[i], atol=1e-4)) for i in range(8)]
+    kept = [bool(torch.allclose(mixed[i], plain[i], atol=1e-4)) for i in range(8)]
+    assert all(d != k for d, k in zip(dropped, kept)) and any(dropped) and any(kept)
