@@ -236,7 +236,9 @@ def main() -> None:
     settings = {"seed": SEED, "epochs": a.epochs, "variants": a.variants, "batches": a.batches,
                 "loss_weights": asdict(weights), "config": cfg.to_dict(),
                 "finetune_from": FINETUNE_FROM if a.finetune else None, "feature_dropout": a.feature_dropout,
-                "reportable": oracle.REPORTABLE, **({"colour_jitter": a.colour_jitter} if a.colour_jitter else {}),
+                "reportable": oracle.REPORTABLE,
+                # recorded only when on, so that heads cached before these options existed are still reused
+                **({"colour_jitter": a.colour_jitter} if a.colour_jitter else {}),
                 **({"tap_dropout": a.tap_dropout} if a.tap_dropout else {})}
     teacher = None
     if a.teacher:

@@ -413,9 +413,8 @@ def train(head: dict[str, np.ndarray], cfg: CriticConfig, data, dev, *, epochs: 
         for s in range(0, n, batch):
             idx = order[s:s + batch]
             teacher_logits = teacher.logits(data, seq, idx) if teacher else None
-            loss = total_loss(losses(params, *forward(params, cfg, data, seq, idx, dropout, tap_dropout=tap_dropout),
-                                     seq, idx,
-                                     teacher_logits), weights)
+            logits, hidden = forward(params, cfg, data, seq, idx, dropout, tap_dropout=tap_dropout)
+            loss = total_loss(losses(params, logits, hidden, seq, idx, teacher_logits), weights)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_([*trainable.values(), *blocks.values()], 1.0)

@@ -289,8 +289,8 @@ def _try(critic: Critic, rgb: np.ndarray, result: Result, nat: float, finding: F
 
 
 def _pixels(box: Box, h: int, w: int, pad: int = 0) -> tuple[int, int, int, int]:
-    return (max(0, round(box[0] * w) - pad), max(0, round(box[1] * h) - pad),
-            min(w, round(box[2] * w) + pad), min(h, round(box[3] * h) + pad))
+    x0, y0, x1, y1 = ops.box_pixels((h, w), box)
+    return max(0, x0 - pad), max(0, y0 - pad), min(w, x1 + pad), min(h, y1 + pad)
 
 
 def _crop(rgb: np.ndarray, region: Box | None) -> np.ndarray:
@@ -302,7 +302,7 @@ def _crop(rgb: np.ndarray, region: Box | None) -> np.ndarray:
         return rgb
     x0, y0, x1, y1 = ops.full_strength_rect(rgb.shape[:2], region)
     if x1 <= x0 or y1 <= y0:  # a box too small to have a core: all of it
-        x0, y0, x1, y1 = ops.box_pixels(rgb.shape[:2], region)
+        x0, y0, x1, y1 = _pixels(region, *rgb.shape[:2])
     return np.ascontiguousarray(rgb[y0:y1, x0:x1])
 
 
