@@ -196,8 +196,9 @@ def main() -> None:
     ap.add_argument("--colour-jitter", type=float, default=0.0, metavar="DEG",
                     help="turn each training photo's hue by up to DEG degrees (and its saturation) before it is "
                          "degraded (export.samples.jitter_colour; off: it ranked worse on dev)")
-    ap.add_argument("--tap-dropout", type=float, default=0.0,
-                    help="share of training sequences that see no block-13 (semantic) features (export.train.forward)")
+    ap.add_argument("--tap-dropout", type=float, default=0.5,
+                    help="share of training sequences that see no block-13 (semantic) features, so the critic "
+                         "cannot recognise its training photos (export.train.forward; default: %(default)s)")
     ap.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=False,
                     help=f"also fine-tune the trunk from block {FINETUNE_FROM} on (ablation: no gain measured, README)")
     ap.add_argument("--teacher", action=argparse.BooleanOptionalAction, default=False,

@@ -2,7 +2,7 @@
 
 The raw score is 100 * (E[level] - 1) / 4 over the predicted level distribution. Trained on synthetic
 severities, the small critic's raw scale comes out compressed on photos it has never seen (a photo with a
-slight defect reads about 54 where training aims at 80, clean photos about 65). Its manifest therefore
+slight defect reads about 59 where training aims at 80; the manifest holds the anchors). Its manifest therefore
 carries ``config["calibration"]``: a monotone piecewise-linear map through anchor points fitted on the
 dev split (``export/calibrate.py``): the median raw score of dev images with one whole-image defect of
 severity s maps to 100 * (1 - s), the score training aims at. A monotone map keeps every ranking;

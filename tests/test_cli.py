@@ -16,7 +16,7 @@ from PIL import Image
 from qds_lite import __version__
 from qds_lite.cli import main
 
-from .conftest import SAMPLES
+from .conftest import ROOT, SAMPLES
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "qds_lite" / "trace.schema.json").read_text())
 
@@ -68,6 +68,18 @@ def test_score_text_one_line_per_image():
         name, score, level = line.split()[:3]
         assert name == str(path) and 0 <= float(score) <= 100
         assert level in ("bad", "poor", "fair", "good", "excellent")
+
+
+def test_readme_shows_what_scoring_the_samples_prints(monkeypatch):
+    """README.md's first command scores examples/*.jpg; the output it shows must be what the bundled critic
+    prints, so that a new critic cannot ship with stale figures on the first screen."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("Output (one line per photo", 1)[1].split("```", 2)[1]
+    shown = [line.split() for line in block.strip().splitlines()]
+    monkeypatch.chdir(ROOT)
+    r = run("score", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*.jpg")))
+    assert r.exit_code == 0, r.output
+    assert [line.split() for line in r.output.strip().splitlines()] == shown
 
 
 def test_json_traces_validate_against_schema():
