@@ -76,8 +76,8 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON trace per line (schema: qds_lite/trace.schema.json).")
 @_model_options
 @click.option("--threads", type=click.IntRange(1, 64), default=None,
-              help="Threads of the small critic's vision encoder (default 1; 2 pays where cores are free; its "
-                   "reasoner runs on one), or llama.cpp's for a VLM critic.")
+              help="Threads of the small critic's vision encoder and NumPy maths (default 1; 2 pays where cores "
+                   "are free; its reasoner runs on one), or llama.cpp's for a VLM critic.")
 @click.option("--quant", default=None, help="VLM critics: which quantization to run (default: the manifest's first).")
 @click.option("--gpu-layers", type=int, default=None,
               help="VLM critics: layers to offload to the GPU (default: all where the llama.cpp build has a GPU).")

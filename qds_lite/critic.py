@@ -10,7 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from . import backends
+from . import backends, blas
 from . import protocol as P
 from .diagnosis import Diagnosis
 from .errors import QdsError
@@ -25,10 +25,11 @@ class Critic:
     """A loaded critic on one backend. Thread-compatible, not thread-safe: use one per thread."""
 
     def __init__(self, files: ModelFiles, backend: backends.Backend, weights: Mapping[str, np.ndarray],
-                 max_zooms: int = P.DEFAULT_ZOOMS) -> None:
+                 max_zooms: int = P.DEFAULT_ZOOMS, threads: int | None = None) -> None:
         self.files = files
         self.backend = backend
         self.max_zooms = max_zooms
+        self.threads = threads  # also NumPy's BLAS threads while scoring (qds_lite.blas)
         self._reasoner = Reasoner(backend, weights, Diagnosis.of_model(weights, files.config))
         self.scale = ScoreScale.of_config(files.config)
         self.model = {"name": files.name, "sha256": files.sha256}
@@ -50,7 +51,8 @@ class Critic:
         budget = self.max_zooms if zooms is None else zooms
         if not 0 <= budget <= P.N_CELLS:
             raise QdsError(f"zoom budget must be between 0 and {P.N_CELLS}, not {budget}")
-        traj = self._reasoner.run(loaded, budget)
+        with blas.limited(self.threads):
+            traj = self._reasoner.run(loaded, budget)
         timings = {"decode": (t1 - t0) * 1e3, "model": traj.model_ms}
         return build_result(loaded.name, traj, loaded.original_size, self.model, self.backend.name, timings,
                             self.scale)
@@ -116,4 +118,4 @@ def load(model: str | os.PathLike | None = None, *, backend: str = "auto", threa
     or one of ``onnx``, ``gguf``, ``numpy`` (never falls back)."""
     files = resolve(model)
     weights = load_weights(files)
-    return Critic(files, backends.select(backend, files, weights, threads), weights, zooms)
+    return Critic(files, backends.select(backend, files, weights, threads), weights, zooms, threads)
