@@ -1,7 +1,7 @@
 """The onnxruntime backend: the encoder graph and the reasoner's incremental step graph (key/value cache).
 
 Threads: the encoder runs on ``threads`` (default 1). A second thread helps its convolutions only where
-two cores are really free: across eleven runs of ``python -m benchmarks.speed`` on a shared 2-core VM the
+two cores are really free: across fifteen runs of ``python -m benchmarks.speed`` on a shared 2-core VM the
 row "onnx, 2 encoder threads" took 0.75 to 1.64 times the one-thread model time. The reasoner's steps
 are a few (tokens, 128) matmuls that gain nothing from threads, so its session always runs on the
 calling thread alone: two multi-threaded sessions are worse than either, since after each run a
