@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from threadpoolctl import threadpool_info, threadpool_limits
 
 import qds_lite
 from qds_lite import Critic, ImageLoadError, QdsError
@@ -163,10 +164,8 @@ def test_an_encoder_exported_with_its_projection_is_refused(tmp_path):
 def test_blas_runs_on_the_critics_threads_while_it_scores_and_is_restored_after(monkeypatch):
     """The loop's small NumPy products must not spread over every core (qds_lite.blas); the app's own
     BLAS setting comes back once a score is done."""
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-
     def blas_threads() -> set[int]:
-        return {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
 
     if not blas_threads():
         pytest.skip("NumPy has no BLAS library threadpoolctl can see")
@@ -174,7 +173,7 @@ def test_blas_runs_on_the_critics_threads_while_it_scores_and_is_restored_after(
     seen = []
     encode = critic.backend.encode
     monkeypatch.setattr(critic.backend, "encode", lambda x: seen.append(blas_threads()) or encode(x))
-    with threadpoolctl.threadpool_limits(limits=3, user_api="blas"):
+    with threadpool_limits(limits=3, user_api="blas"):
         critic.score(SAMPLES[0])
         assert seen and all(s == {2} for s in seen)
         assert blas_threads() == {3}
