@@ -12,6 +12,10 @@ native-resolution features. The runtime then grounds the reasoner's findings in 
   logits are weighed with the map's (``type_weight`` x log support);
 - its box is forced to the cells that show it: the most confident cell and the 4-connected cells whose
   probability reaches ``spread`` times its own (their bounding box, on the protocol grid);
+- a tonal or colour type whose fault has a plain pixel signature must also show it in the image's native
+  pixels inside that box (:data:`EVIDENCE`): blown highlights for overexposure, a white-balance error for a colour
+  cast. The heads read content as damage (a field of saturated yellow flowers as overexposed, a violet dusk
+  sky as a colour cast); the pixels tell a bright or colourful scene from a clipped or cast one;
 - before the findings, once the verdict is given, the runtime reads the ``check_zooms`` cells the map finds
   most suspect and the reasoner did not zoom into at native resolution through the zoom head alone, so the
   map the findings are grounded in rests on more native evidence (the verdict and the reasoner's context
@@ -27,15 +31,23 @@ NumPy on the backend's features, so it is the same on every backend.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from . import protocol as P
+from . import refine_ops as measure  # the pixel measures refine's evidence reads too (NumPy only)
 from .errors import ModelError
 from .numpy_ops import mlp, softmax
 
 CLEAN = len(P.FINDING_TYPES)  # the last class of both heads
+Pixels = Callable[[tuple[float, float, float, float]], np.ndarray]  # fractional box -> HxWx3 uint8 pixels
+# Finding type -> (pixel measure, least value) that the native pixels of its box must show before the type
+# is supported. Thresholds chosen on the development split (README, "Findings").
+EVIDENCE: dict[str, tuple[Callable[[np.ndarray], float], float]] = {
+    "overexposure": (measure.clipped_share, 1e-6),
+    "color_cast": (measure.cast_strength, 0.08),
+}
 
 
 def zoom_evidence(glance_cell: np.ndarray, zoom_cells: np.ndarray) -> np.ndarray:
@@ -101,16 +113,20 @@ class Diagnosis:
         (types + clean,)."""
         return softmax(mlp(self.weights, "diag.zoom", zoom_evidence(glance_cell, zoom_cells)).astype(np.float64))
 
-    def start(self, glance_features: np.ndarray) -> CellMap:
-        return CellMap(self, glance_features)
+    def start(self, glance_features: np.ndarray, pixels: Pixels | None = None) -> CellMap:
+        """The map of one image from its glance's features and, for the :data:`EVIDENCE` checks, a way to read
+        its pixels in a fractional box (``LoadedImage.sample``; without it, as when training chooses the
+        thresholds from the heads alone, nothing is checked)."""
+        return CellMap(self, glance_features, pixels)
 
 
 class CellMap:
     """One image's diagnosis, refined as the zooms come in, and the grounding rules read from it."""
 
-    def __init__(self, diagnosis: Diagnosis, glance_features: np.ndarray) -> None:
+    def __init__(self, diagnosis: Diagnosis, glance_features: np.ndarray, pixels: Pixels | None = None) -> None:
         self.diagnosis = diagnosis
         self.glance_features = glance_features
+        self.pixels = pixels
         self.probs = diagnosis.glance(glance_features)
 
     def zoomed(self, cell: int, zoom_features: np.ndarray) -> None:
@@ -124,7 +140,13 @@ class CellMap:
         return [int(c) for c in order if int(c) not in zoomed][:self.diagnosis.check_zooms]
 
     def supported(self, type_index: int) -> bool:
-        return bool(self.probs[:, type_index].max() >= self.diagnosis.support[type_index])
+        if self.probs[:, type_index].max() < self.diagnosis.support[type_index]:
+            return False
+        gate = EVIDENCE.get(P.FINDING_TYPES[type_index])
+        if gate is None or self.pixels is None:
+            return True
+        fn, least = gate
+        return fn(self.pixels(P.span_box(*self.region(type_index)))) >= least
 
     def weigh(self, state: str, logits: np.ndarray) -> np.ndarray:
         """The reasoner's logits with the map's evidence added where it has a say: over the finding types,

@@ -56,7 +56,7 @@ class Reasoner:
         traj = Trajectory()
         session = self.backend.start()
         glance = self.backend.encode(image.glance)
-        cells = self.diagnosis.start(glance) if self.diagnosis else None
+        cells = self.diagnosis.start(glance, image.sample) if self.diagnosis else None
         first = [self.tok_embd[[P.BOS]], self.visual_tokens(glance, P.GLANCE_SLOT0)]
         grammar.begin()
         logits = session.step(np.concatenate(first + [self.tok_embd[self._append_forced(grammar, traj, cells)]]))

@@ -12,14 +12,20 @@ import pytest
 from qds_lite import protocol as P
 from qds_lite.critic import Critic
 from qds_lite.diagnosis import CLEAN, CellMap, Diagnosis
+from qds_lite.io import load_image
 
-NOISE, BANDING, HAZE = (P.FINDING_TYPES.index(t) for t in ("noise", "banding", "haze"))
+NOISE, BANDING, HAZE, OVER, CAST = (P.FINDING_TYPES.index(t)
+                                    for t in ("noise", "banding", "haze", "overexposure", "color_cast"))
+CELL = 640  # px per grid cell of the hand-made images: a 2560 px photo, sampled, not downscaled, for evidence
 
 
-def cell_map(cells: dict[int, tuple[int, float]], support: float = 0.3, spread: float = 0.5) -> CellMap:
-    """A map whose probabilities are set by hand: ``cells[c] = (type, p)``, the rest of each cell clean."""
+def cell_map(cells: dict[int, tuple[int, float]], support: float = 0.3, spread: float = 0.5,
+             image: np.ndarray | None = None) -> CellMap:
+    """A map whose probabilities are set by hand: ``cells[c] = (type, p)``, the rest of each cell clean;
+    ``image`` (HxWx3 uint8) is what its pixel evidence reads."""
     m = CellMap.__new__(CellMap)
     m.diagnosis = Diagnosis({}, support, spread)
+    m.pixels = None if image is None else load_image(image).sample
     m.probs = np.zeros((P.N_CELLS, CLEAN + 1))
     m.probs[:, CLEAN] = 1.0
     for c, (t, p) in cells.items():
@@ -49,6 +55,38 @@ def test_only_supported_unreported_types_may_be_named():
     assert allowed == (P.TYPE0 + NOISE, P.TYPE0 + BANDING)  # haze under the support threshold
     reported = (P.Finding(NOISE, 3, 0, 0),)
     assert m.restrict(grammar_at("find_type", reported), P.TYPE_IDS) == (P.TYPE0 + BANDING,)
+
+
+def image_with(cell: int, patch: np.ndarray) -> np.ndarray:
+    """A mid-grey textured image whose grid ``cell`` holds ``patch`` (CxCx3 uint8, C = CELL px)."""
+    rng = np.random.default_rng(0)
+    g = np.clip(rng.normal(110, 30, (CELL * P.GRID, CELL * P.GRID, 1)), 0, 200).repeat(3, axis=2).astype(np.uint8)
+    c = CELL
+    r, k = divmod(cell, P.GRID)
+    g[r * c:(r + 1) * c, k * c:(k + 1) * c] = patch
+    return g
+
+
+def test_overexposure_and_colour_cast_need_their_pixel_signature_in_the_box():
+    c = CELL
+    ramp = np.linspace(40, 240, c * c * 3).reshape(c, c, 3).astype(np.uint8)
+    ramp[..., 1] = ramp[..., 2] = ramp[..., 0]  # a neutral (grey) ramp
+    blown = ramp.copy()
+    blown[::40, ::40] = 255  # specular highlights: one pixel in 1,600 blown white
+    yellow = np.zeros((c, c, 3), np.uint8)
+    yellow[..., 0], yellow[..., 1] = 250, 235  # bright saturated yellow: nothing clipped
+    cast = np.clip(ramp * np.array([1.0, 0.75, 0.6]), 0, 255).astype(np.uint8)  # the grey ramp, warm cast
+    maps = {"blown": (blown, OVER), "yellow": (yellow, OVER), "cast": (cast, CAST), "grey": (ramp, CAST)}
+    allowed = {name: cell_map({6: (t, 0.9)}, image=image_with(6, patch)).restrict(grammar_at("find_type"), P.TYPE_IDS)
+               for name, (patch, t) in maps.items()}
+    assert allowed["blown"] == (P.TYPE0 + OVER,) and allowed["cast"] == (P.TYPE0 + CAST,)
+    assert allowed["yellow"] == () and allowed["grey"] == ()
+    # only the finding's own box is read: the same clipped cell elsewhere does not support it in cell 6
+    elsewhere = cell_map({6: (OVER, 0.9)}, image=image_with(0, blown))
+    assert elsewhere.restrict(grammar_at("find_type"), P.TYPE_IDS) == ()
+    # a type without a pixel signature (noise) is left to the map alone
+    assert cell_map({6: (NOISE, 0.9)}, image=image_with(6, ramp)).restrict(
+        grammar_at("find_type"), P.TYPE_IDS) == (P.TYPE0 + NOISE,)
 
 
 def test_findings_end_when_nothing_is_left_to_ground():
@@ -391,3 +429,18 @@ def test_folded_standardization_gives_the_same_logits_on_raw_features():
     folded = fold_standardization(head, "h", mean, std, (True, True, False))
     np.testing.assert_allclose(mlp(folded, "h", zoom_evidence(glance_cell, zoom_cells)), mlp(head, "h", standardized),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_scoring_reads_the_evidence_from_the_native_pixels_of_the_findings_box(monkeypatch):
+    """The runtime hands the map the photo's own pixels: a gate that refuses underexposure removes the dark
+    coffee's finding, and it was shown the native pixels of the box the map grounded (not the glance)."""
+    from qds_lite import diagnosis, load
+
+    critic = load(backend="numpy")
+    path = "tests/data/coffee_dark.jpg"  # 600 x 400, underexposed everywhere
+    assert "underexposure" in {f.type for f in critic.score(path).findings}
+    seen = []
+    monkeypatch.setitem(diagnosis.EVIDENCE, "underexposure", (lambda px: seen.append(px.shape) or 0.0, 0.5))
+    assert "underexposure" not in {f.type for f in critic.score(path).findings}
+    assert seen and all(h * P.GRID >= 100 and w * P.GRID >= 150 for h, w, _ in seen)  # >= a cell of 600 x 400
+    assert max(w for _, w, _ in seen) > P.GLANCE_SIZE // 2  # wider than half the glance: native pixels

@@ -440,6 +440,15 @@ def test_zoom_from_pillow_image_equals_zoom_from_array(tmp_path):
         qio.zoom_window(Image.new("L", (200, 200)), 0)
 
 
+def test_sample_reads_native_pixels_of_a_box_every_kth_row_and_column(tmp_path):
+    arr = (np.random.default_rng(4).random((300, 457, 3)) * 255).astype(np.uint8)
+    out = qio.load_image(save(Image.fromarray(arr), tmp_path / "s.png"))
+    box = (0.25, 0.5, 1.0, 1.0)  # x 114..457, y 150..300
+    np.testing.assert_array_equal(out.sample(box), arr[150:300, 114:457])  # PIL-backed: cropped, step 1
+    np.testing.assert_array_equal(qio.load_image(arr).sample(box, max_pixels=1_000), arr[150:300:7, 114:457:7])
+    assert out.sample((0.999, 0.999, 1.0, 1.0)).shape == (1, 1, 3)  # never empty
+
+
 def test_caller_pil_image_is_not_kept(tmp_path):
     img = Image.new("RGB", (64, 64), (10, 20, 30))
     out = qio.load_image(img)
