@@ -242,3 +242,20 @@ def test_a_local_fault_is_measured_where_its_edit_acts_in_full():
     assert refine_ops.tonal_range(core) <= MAX_RANGE  # ... where the edit acts in full, it does not
     assert _contrast_ops(Finding(type="haze", severity=0.6, box=box, evidence_zoom=None), core)
     assert _crop(clean, None) is clean
+
+
+def test_refine_benchmark_pairs_are_two_different_whole_image_faults_kept_apart_from_the_bars():
+    from benchmarks.refine import degradations, items_for
+
+    kinds = ["luma_noise", "jpeg", "haze", "banding"]
+    singles = items_for("a/photo.jpg", kinds, seed=0, grid=4)
+    items = items_for("a/photo.jpg", kinds, seed=0, grid=4, pairs=3)
+    assert items[:len(singles)] == singles  # adding pairs leaves the bars' images as they were
+    pairs = items[len(singles):]
+    assert len(pairs) == 3 and pairs == items_for("a/photo.jpg", kinds, seed=0, grid=4, pairs=3)[len(singles):]
+    for it in pairs:
+        (a, sa), (b, sb) = it["faults"]
+        assert it["set"] == "pair" and it["kind"] == f"{a}+{b}" and a != b and {a, b} <= set(kinds)
+        assert 0.3 <= min(sa, sb) and max(sa, sb) <= 0.6 and it["region"] is None
+        assert [d.kind for d in degradations(it)] == [a, b] and all(d.region is None for d in degradations(it))
+    assert degradations(singles[0]) == [] and len(degradations(singles[1])) == 1
