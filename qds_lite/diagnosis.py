@@ -43,7 +43,8 @@ from .numpy_ops import mlp, softmax
 CLEAN = len(P.FINDING_TYPES)  # the last class of both heads
 Pixels = Callable[[tuple[float, float, float, float]], np.ndarray]  # fractional box -> HxWx3 uint8 pixels
 # Finding type -> (pixel measure, least value) that the native pixels of its box must show before the type
-# is supported. Thresholds chosen on the development split (README, "Findings").
+# is supported. Thresholds chosen on the development split (README, "Pixel evidence for overexposure and
+# colour cast"); 1e-6: at least one blown-white pixel among those sampled.
 EVIDENCE: dict[str, tuple[Callable[[np.ndarray], float], float]] = {
     "overexposure": (measure.clipped_share, 1e-6),
     "color_cast": (measure.cast_strength, 0.08),
@@ -127,6 +128,7 @@ class CellMap:
         self.diagnosis = diagnosis
         self.glance_features = glance_features
         self.pixels = pixels
+        self._borne_out: dict[tuple[int, int, int], bool] = {}  # (type, box corners) -> evidence verdict
         self.probs = diagnosis.glance(glance_features)
 
     def zoomed(self, cell: int, zoom_features: np.ndarray) -> None:
@@ -145,8 +147,11 @@ class CellMap:
         gate = EVIDENCE.get(P.FINDING_TYPES[type_index])
         if gate is None or self.pixels is None:
             return True
-        fn, least = gate
-        return fn(self.pixels(P.span_box(*self.region(type_index)))) >= least
+        key = (type_index, *self.region(type_index))
+        if key not in self._borne_out:  # each findings step asks again; the pixels are read once per box
+            fn, least = gate
+            self._borne_out[key] = fn(self.pixels(P.span_box(*key[1:]))) >= least
+        return self._borne_out[key]
 
     def weigh(self, state: str, logits: np.ndarray) -> np.ndarray:
         """The reasoner's logits with the map's evidence added where it has a say: over the finding types,

@@ -26,6 +26,7 @@ def cell_map(cells: dict[int, tuple[int, float]], support: float = 0.3, spread: 
     m = CellMap.__new__(CellMap)
     m.diagnosis = Diagnosis({}, support, spread)
     m.pixels = None if image is None else load_image(image).sample
+    m._borne_out = {}
     m.probs = np.zeros((P.N_CELLS, CLEAN + 1))
     m.probs[:, CLEAN] = 1.0
     for c, (t, p) in cells.items():

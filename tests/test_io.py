@@ -440,12 +440,18 @@ def test_zoom_from_pillow_image_equals_zoom_from_array(tmp_path):
         qio.zoom_window(Image.new("L", (200, 200)), 0)
 
 
-def test_sample_reads_native_pixels_of_a_box_every_kth_row_and_column(tmp_path):
-    arr = (np.random.default_rng(4).random((300, 457, 3)) * 255).astype(np.uint8)
+def test_sample_picks_native_pixels_of_a_box_one_in_k_rows_and_columns(tmp_path):
+    arr = coord_image(457, 300)  # each pixel holds its own x (R) and y (G)
     out = qio.load_image(save(Image.fromarray(arr), tmp_path / "s.png"))
     box = (0.25, 0.5, 1.0, 1.0)  # x 114..457, y 150..300
-    np.testing.assert_array_equal(out.sample(box), arr[150:300, 114:457])  # PIL-backed: cropped, step 1
-    np.testing.assert_array_equal(qio.load_image(arr).sample(box, max_pixels=1_000), arr[150:300:7, 114:457:7])
+    np.testing.assert_array_equal(out.sample(box), arr[150:300, 114:457])  # small enough: every pixel
+    picked = out.sample(box, max_pixels=1_000)  # one in 7 rows and columns, picked as they are
+    px = picked.astype(int)
+    xs, ys = px[0, :, 0] + 256 * (px[0, :, 2] // 16), px[:, 0, 1] + 256 * (px[:, 0, 2] % 16)
+    assert picked.shape == (22, 49, 3) and 114 <= xs.min() and xs.max() < 457 and 150 <= ys.min()
+    assert set(np.diff(xs)) <= {6, 7, 8} and set(np.diff(ys)) <= {6, 7, 8}
+    np.testing.assert_array_equal(picked, arr[np.ix_(ys, xs)])
+    np.testing.assert_array_equal(qio.load_image(arr).sample(box, max_pixels=1_000), picked)  # array = Pillow
     assert out.sample((0.999, 0.999, 1.0, 1.0)).shape == (1, 1, 3)  # never empty
 
 
