@@ -26,6 +26,7 @@ from PIL import ExifTags, Image, ImageOps
 from . import raw_preview
 from .errors import ImageLoadError, QdsError
 from .protocol import GLANCE_SIZE, N_CELLS, ZOOM_SIZE, cell_box
+from .refine_ops import box_pixels
 
 try:  # LittleCMS is optional in some Pillow builds; without it ICC profiles are ignored.
     from PIL import ImageCms
@@ -69,8 +70,9 @@ class LoadedImage:
         on it (how many are blown white) are those of the full resolution, which a downscaled view would
         average away."""
         w, h = self.original_size
-        x0, y0 = min(int(box[0] * w), w - 1), min(int(box[1] * h), h - 1)
-        x1, y1 = max(x0 + 1, round(box[2] * w)), max(y0 + 1, round(box[3] * h))
+        x0, y0, x1, y1 = box_pixels((h, w), box)
+        x0, y0 = min(x0, w - 1), min(y0, h - 1)
+        x1, y1 = max(x0 + 1, x1), max(y0 + 1, y1)  # never empty
         step = max(1, math.isqrt((x1 - x0) * (y1 - y0) // max_pixels))
         size = (-(-(x1 - x0) // step), -(-(y1 - y0) // step))
         if isinstance(self.full, np.ndarray):  # the pixels Pillow's nearest-neighbour resize picks below

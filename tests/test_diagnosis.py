@@ -62,19 +62,17 @@ def image_with(cell: int, patch: np.ndarray) -> np.ndarray:
     """A mid-grey textured image whose grid ``cell`` holds ``patch`` (CxCx3 uint8, C = CELL px)."""
     rng = np.random.default_rng(0)
     g = np.clip(rng.normal(110, 30, (CELL * P.GRID, CELL * P.GRID, 1)), 0, 200).repeat(3, axis=2).astype(np.uint8)
-    c = CELL
     r, k = divmod(cell, P.GRID)
-    g[r * c:(r + 1) * c, k * c:(k + 1) * c] = patch
+    g[r * CELL:(r + 1) * CELL, k * CELL:(k + 1) * CELL] = patch
     return g
 
 
 def test_overexposure_and_colour_cast_need_their_pixel_signature_in_the_box():
-    c = CELL
-    ramp = np.linspace(40, 240, c * c * 3).reshape(c, c, 3).astype(np.uint8)
+    ramp = np.linspace(40, 240, CELL * CELL * 3).reshape(CELL, CELL, 3).astype(np.uint8)
     ramp[..., 1] = ramp[..., 2] = ramp[..., 0]  # a neutral (grey) ramp
     blown = ramp.copy()
     blown[::40, ::40] = 255  # specular highlights: one pixel in 1,600 blown white
-    yellow = np.zeros((c, c, 3), np.uint8)
+    yellow = np.zeros((CELL, CELL, 3), np.uint8)
     yellow[..., 0], yellow[..., 1] = 250, 235  # bright saturated yellow: nothing clipped
     cast = np.clip(ramp * np.array([1.0, 0.75, 0.6]), 0, 255).astype(np.uint8)  # the grey ramp, warm cast
     maps = {"blown": (blown, OVER), "yellow": (yellow, OVER), "cast": (cast, CAST), "grey": (ramp, CAST)}
