@@ -13,11 +13,12 @@
    static int8, reasoner ONNX fp32, reasoner GGUF Q8_0, each checked against the PyTorch reference;
    before that, the cell diagnosis that grounds the findings is trained on the cached pooled features
    (export.diagnosis, cached in WORK/diagnosis.npz);
-5. write the manifest (sha256 and size of every file, config, training log) and the golden vectors
-   that the parity tests read when torch is not installed;
-6. choose the diagnosis's thresholds on the maps the exported critic reads on the dev split
-   (export.diagnosis, ~5 min) and fit the score calibration there (export.calibrate, ~2 min), both into the
-   manifest.
+5. write the manifest (sha256 and size of every file, config, training log);
+6. train the diagnosis's pixel-cue head and add it to the exported critic (export.cue_head, ~5 min; its
+   training rows cached in WORK/cue_head; for the shipped critic it then writes the golden vectors that
+   the parity tests read when torch is not installed), choose the diagnosis's thresholds on the maps the
+   exported critic reads on the dev split (export.diagnosis, ~5 min) and fit the score calibration there
+   (export.calibrate, ~2 min), both into the manifest.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export import golden, manifest, oracle
+from export import manifest, oracle
 from export.calibrate import main as calibrate
+from export.cue_head import main as add_cue_head
 from export.data import pristine_photos, trunk_arrays
 from export.diagnosis import DECODING as DIAGNOSIS_DECODING
 from export.diagnosis import SETTINGS as DIAGNOSIS_SETTINGS
@@ -117,7 +119,8 @@ def encoder_inputs(views: list[np.ndarray]) -> list[np.ndarray]:
 
 def export_all(weights: dict[str, np.ndarray], cfg: CriticConfig, out: Path, work: Path, training: dict,
                int8_encoder: bool, views: list[np.ndarray] | None = None, diagnosis: dict | None = None) -> None:
-    """Write and verify every shipped file, then the manifest and the golden vectors.
+    """Write and verify every shipped file, then the manifest (the golden vectors follow the cue head:
+    export.cue_head).
 
     ``views``: glance and zoom views (3xHxW in [0, 1]) to check the encoder on; by default dev-split
     pristine photos, which also calibrate the int8 encoder (studied only then: its SQNR goes in the
@@ -155,8 +158,6 @@ def export_all(weights: dict[str, np.ndarray], cfg: CriticConfig, out: Path, wor
     # the evaluation of the same weights stays (record a new one with `python -m export.manifest` after retraining)
     manifest.write(out, name=name, config=runtime_config(cfg, diagnosis), training=training | {"export": notes},
                    evaluation=evaluation if training.get("reused_head") else None)
-    if shipped:
-        golden.write(weights, cfg)
 
 
 def cached_stage(stem: Path, settings: dict, retrain: bool,
@@ -279,6 +280,7 @@ def main() -> None:
     }
     export_all(trunk | round_to_half(head | diag), cfg, a.out, a.work, training, a.int8_encoder,
                diagnosis={k: diag_log[k] for k in ("support", "spread", *DIAGNOSIS_DECODING)})
+    add_cue_head(["--model-dir", str(a.out), "--work", str(a.work / "cue_head")])
     choose_thresholds(["--model-dir", str(a.out), "--out", str(a.work / "bench" / "diagnosis")])
     calibrate(["--model-dir", str(a.out), "--out", str(a.work / "bench" / "calibration")])
     print(json.dumps(history[-1]))

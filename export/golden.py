@@ -12,9 +12,10 @@ import numpy as np
 
 from qds_lite import protocol as P
 from qds_lite.model_store import sha256_file
+from qds_lite.pixel_cues import window_cues
 
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden" / "reference.npz"
-GOLDEN_VERSION = 2  # 2: the encoder's pooled features, and the diagnosis on them
+GOLDEN_VERSION = 3  # 2: the encoder's pooled features, and the diagnosis on them; 3: the zoom's pixel cues
 ZOOM_CELL = 5  # the cell the golden zoom is read as (the diagnosis' zoom head takes its glance features)
 
 
@@ -40,6 +41,7 @@ def compute(weights: dict[str, np.ndarray], cfg, device: str = "cpu") -> dict[st
     import torch
 
     from kernels.model import (
+        diagnose_cues,
         diagnose_glance,
         diagnose_zoom,
         encoder_forward,
@@ -60,6 +62,9 @@ def compute(weights: dict[str, np.ndarray], cfg, device: str = "cpu") -> dict[st
             glance, zoom = (torch.from_numpy(out[f"{v}_features"]).to(device) for v in ("glance", "zoom"))
             out["glance_diagnosis"] = diagnose_glance(p, glance).cpu().numpy()
             out["zoom_diagnosis"] = diagnose_zoom(p, glance[ZOOM_CELL], zoom).cpu().numpy()
+        if "diag.cues.w1" in p:  # the pixel-cue head on the zoom's cues (qds_lite.pixel_cues: NumPy is the spec)
+            out["zoom_cues"] = window_cues(out["zoom"])
+            out["cue_diagnosis"] = diagnose_cues(p, torch.from_numpy(out["zoom_cues"]).to(device)).cpu().numpy()
         x = torch.from_numpy(out["embeddings"][None]).to(device)
         out["logits"] = reasoner_forward(p, cfg, x)[0].cpu().numpy()
     return out

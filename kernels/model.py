@@ -260,6 +260,12 @@ def diagnose_zoom(p: dict[str, torch.Tensor], glance_cell: torch.Tensor, zoom_ce
     return mlp(p, "diag.zoom", zoom_evidence(glance_cell, zoom_cells))
 
 
+def diagnose_cues(p: dict[str, torch.Tensor], cues: torch.Tensor) -> torch.Tensor:
+    """A zoom window's pixel cues (..., len(qds_lite.pixel_cues.NAMES)) -> logits over the finding types and
+    "clean": the hand-measured second opinion the runtime multiplies into the zoom head's."""
+    return mlp(p, "diag.cues", cues)
+
+
 # --- reasoner ---------------------------------------------------------------------------------
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * w

@@ -16,6 +16,10 @@ native-resolution features. The runtime then grounds the reasoner's findings in 
   pixels inside that box (:data:`EVIDENCE`): blown highlights for overexposure, a white-balance error for a colour
   cast. The heads read content as damage (a field of saturated yellow flowers as overexposed, a violet dusk
   sky as a colour cast); the pixels tell a bright or colourful scene from a clipped or cast one;
+- a zoomed cell's reading is the zoom head's times the pixel-cue head's raised to ``cue_weight``
+  (:func:`combine`): the cue head reads hand-made measurements of the same window's pixels
+  (:mod:`qds_lite.pixel_cues`: noise, sharpness bands, JPEG blocks, levels, tone, colour) and tells a dark
+  alley or fine foliage from underexposure or noise more often than the features do (README, "Pixel cues");
 - before the findings, once the verdict is given, the runtime reads the ``check_zooms`` cells the map finds
   most suspect and the reasoner did not zoom into at native resolution through the zoom head alone, so the
   map the findings are grounded in rests on more native evidence (the verdict and the reasoner's context
@@ -39,6 +43,7 @@ from . import protocol as P
 from . import refine_ops as measure  # the pixel measures refine's evidence reads too (NumPy only)
 from .errors import ModelError
 from .numpy_ops import mlp, softmax
+from .pixel_cues import window_cues
 
 CLEAN = len(P.FINDING_TYPES)  # the last class of both heads
 Pixels = Callable[[tuple[float, float, float, float]], np.ndarray]  # fractional box -> HxWx3 uint8 pixels
@@ -55,6 +60,13 @@ def zoom_evidence(glance_cell: np.ndarray, zoom_cells: np.ndarray) -> np.ndarray
     """The zoom head's input (kernels.model.zoom_evidence): the cell's glance features, then the mean and
     std of the zoom's cells' features."""
     return np.concatenate([glance_cell, zoom_cells.mean(0), zoom_cells.std(0)]).astype(np.float32)
+
+
+def combine(zoom_probs: np.ndarray, cue_probs: np.ndarray, cue_weight: float) -> np.ndarray:
+    """The product of the zoom head's and the cue head's probabilities (..., classes), the cue head's raised to
+    ``cue_weight``, renormalized."""
+    logp = np.log(np.maximum(zoom_probs, 1e-12)) + cue_weight * np.log(np.maximum(cue_probs, 1e-12))
+    return softmax(logp)
 
 
 def grounded_region(probs: np.ndarray, spread: float) -> tuple[int, int]:
@@ -79,7 +91,7 @@ class Diagnosis:
 
     def __init__(self, weights: Mapping[str, np.ndarray], support: float | Sequence[float], spread: float,
                  type_weight: float = 0.0, zoom_weight: float = 0.0, find_margin: float = 0.0,
-                 check_zooms: int = 0) -> None:
+                 check_zooms: int = 0, cue_weight: float = 0.0) -> None:
         self.weights = weights
         self.support = np.broadcast_to(np.asarray(support, np.float64), (len(P.FINDING_TYPES),))  # per type
         self.spread = spread
@@ -87,6 +99,7 @@ class Diagnosis:
         self.zoom_weight = zoom_weight
         self.find_margin = find_margin
         self.check_zooms = check_zooms
+        self.cue_weight = cue_weight if "diag.cues.w1" in weights else 0.0
 
     @classmethod
     def of_model(cls, weights: Mapping[str, np.ndarray], config: Mapping) -> Diagnosis | None:
@@ -103,7 +116,7 @@ class Diagnosis:
                              f"encoder's {config['feat_dim']} features", hint="re-run `python -m export.build`")
         return cls(weights, support, float(settings["spread"]),
                    *(float(settings.get(k, 0.0)) for k in ("type_weight", "zoom_weight", "find_margin")),
-                   check_zooms=int(settings.get("check_zooms", 0)))
+                   check_zooms=int(settings.get("check_zooms", 0)), cue_weight=float(settings.get("cue_weight", 0.0)))
 
     def glance(self, features: np.ndarray) -> np.ndarray:
         """The glance's pooled features (cells, f) -> per-cell probabilities (cells, types + clean)."""
@@ -113,6 +126,10 @@ class Diagnosis:
         """A zoomed cell's glance features (f,) and the zoom's features (k, f) -> its probabilities
         (types + clean,)."""
         return softmax(mlp(self.weights, "diag.zoom", zoom_evidence(glance_cell, zoom_cells)).astype(np.float64))
+
+    def cues(self, cues: np.ndarray) -> np.ndarray:
+        """Pixel cues (..., len(pixel_cues.NAMES)) -> the cue head's probabilities (..., types + clean)."""
+        return softmax(mlp(self.weights, "diag.cues", cues).astype(np.float64))
 
     def start(self, glance_features: np.ndarray, pixels: Pixels | None = None) -> CellMap:
         """The map of one image from its glance's features and, for the :data:`EVIDENCE` checks, a way to read
@@ -131,9 +148,14 @@ class CellMap:
         self._borne_out: dict[tuple[int, int, int], bool] = {}  # (type, box corners) -> evidence verdict
         self.probs = diagnosis.glance(glance_features)
 
-    def zoomed(self, cell: int, zoom_features: np.ndarray) -> None:
-        """A zoom on ``cell`` replaces the glance's reading of that cell with the native-resolution one."""
-        self.probs[cell] = self.diagnosis.zoom(self.glance_features[cell], zoom_features)
+    def zoomed(self, cell: int, zoom_features: np.ndarray, window: np.ndarray | None = None) -> None:
+        """A zoom on ``cell`` replaces the glance's reading of that cell with the native-resolution one: the
+        zoom head's, times the cue head's reading of the zoom ``window``'s pixels where the critic has one."""
+        d = self.diagnosis
+        probs = d.zoom(self.glance_features[cell], zoom_features)
+        if d.cue_weight and window is not None:
+            probs = combine(probs, d.cues(window_cues(window)), d.cue_weight)
+        self.probs[cell] = probs
 
     def to_check(self, zoomed: set[int]) -> list[int]:
         """The ``check_zooms`` cells not zoomed into yet that most look damaged: after the verdict, the

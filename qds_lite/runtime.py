@@ -79,7 +79,7 @@ class Reasoner:
                 traj.zooms.append((cell, box))
                 zoom = self.backend.encode(window)
                 if cells is not None:
-                    cells.zoomed(cell, zoom)
+                    cells.zoomed(cell, zoom, window)
                 new.append(self.visual_tokens(zoom, P.ZOOM_SLOT0))
             forced = self._append_forced(grammar, traj, cells)
             if grammar.done:  # <eos>: nothing more to feed
@@ -96,7 +96,7 @@ class Reasoner:
         the reasoner's context stay as they were."""
         for cell in cells.to_check({c for c, _ in traj.zooms}):
             window, box = zoom_window(image.full, cell)
-            cells.zoomed(cell, self.backend.encode(window))
+            cells.zoomed(cell, self.backend.encode(window), window)
             traj.checks.append((cell, box))
 
     @staticmethod

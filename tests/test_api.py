@@ -94,12 +94,7 @@ def test_degraded_photos_score_below_their_clean_source(critic, clean, degraded,
     assert set(named) & types, f"{degraded}: findings {named}"
 
 
-@pytest.mark.parametrize("clean, degraded, types", [
-    *DEGRADED_PAIRS[:2],
-    # a low-key dusk photo whose darkness the critic also reports (README, known limitations): the critic
-    # trained with tap dropout names that darkness before the blur, both severe
-    pytest.param(*DEGRADED_PAIRS[2], marks=pytest.mark.xfail(strict=True, reason="dusk read as underexposure")),
-])
+@pytest.mark.parametrize("clean, degraded, types", DEGRADED_PAIRS)
 def test_degraded_photos_name_their_fault_first(critic, clean, degraded, types):
     named = [f.type for f in critic.score(DATA / degraded).findings]
     assert named and named[0] in types, f"{degraded}: findings {named}"

@@ -443,3 +443,71 @@ def test_scoring_reads_the_evidence_from_the_native_pixels_of_the_findings_box(m
     assert "underexposure" not in {f.type for f in critic.score(path).findings}
     assert seen and all(h * P.GRID >= 100 and w * P.GRID >= 150 for h, w, _ in seen)  # >= a cell of 600 x 400
     assert max(w for _, w, _ in seen) > P.GLANCE_SIZE // 2  # wider than half the glance: native pixels
+
+
+def constant_head(prefix: str, logits: np.ndarray, n_in: int) -> dict[str, np.ndarray]:
+    """An MLP whose output is ``logits`` whatever its input."""
+    return {f"{prefix}.w1": np.zeros((2, n_in), np.float32), f"{prefix}.b1": np.zeros(2, np.float32),
+            f"{prefix}.w2": np.zeros((len(logits), 2), np.float32), f"{prefix}.b2": logits.astype(np.float32)}
+
+
+def test_a_zoomed_cell_reads_the_zoom_head_times_the_cue_head():
+    """With a cue head the zoomed cell's probabilities are the zoom head's times the cue head's to the
+    cue_weight, renormalized; without a window, or with weight 0, the zoom head's alone."""
+    from qds_lite.numpy_ops import softmax
+    from qds_lite.pixel_cues import NAMES
+
+    f = 4
+    rng = np.random.default_rng(5)
+    zoom_logits, cue_logits = rng.normal(0, 2, CLEAN + 1), rng.normal(0, 2, CLEAN + 1)
+    weights = (constant_head("diag.glance", np.zeros(CLEAN + 1), f) | constant_head("diag.zoom", zoom_logits, 3 * f)
+               | constant_head("diag.cues", cue_logits, len(NAMES)))
+    window = np.random.default_rng(6).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    glance, zoom = np.zeros((P.N_CELLS, f), np.float32), np.zeros((4, f), np.float32)
+    for cue_weight, with_window, expected in [
+            (0.75, True, softmax(zoom_logits + 0.75 * np.log(softmax(cue_logits)))),
+            (0.75, False, softmax(zoom_logits)), (0.0, True, softmax(zoom_logits))]:
+        m = Diagnosis(weights, 0.3, 0.5, cue_weight=cue_weight).start(glance)
+        m.zoomed(3, zoom, window if with_window else None)
+        np.testing.assert_allclose(m.probs[3], expected, rtol=1e-5, atol=1e-7)
+    no_head = {k: v for k, v in weights.items() if not k.startswith("diag.cues.")}
+    assert Diagnosis(no_head, 0.3, 0.5, cue_weight=0.75).cue_weight == 0.0  # a weight without a head is ignored
+
+
+def test_cue_head_learns_cues_and_joins_the_critic_that_scores_with_it(tmp_path, monkeypatch):
+    """export.cue_head on rows where two cues mark two types: the head learns them, its weight is chosen
+    from CUE_WEIGHTS on the dev rows, and added to a critic it is read on every zoom and check window."""
+    pytest.importorskip("torch")
+    import qds_lite
+    from export import cue_head
+    from qds_lite import diagnosis
+    from qds_lite.model_store import BUNDLED_DIR, DEFAULT_MODEL
+    from qds_lite.pixel_cues import NAMES
+
+    def fake_rows(n: int, seed: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        labels = rng.choice([NOISE, BANDING, CLEAN], n)
+        cues = rng.normal(0, 1, (n, len(NAMES))).astype(np.float32)
+        cues[labels == NOISE, 0] += 4.0
+        cues[labels == BANDING, 1] += 4.0
+        zoom = np.full((n, CLEAN + 1), 0.5 / CLEAN)
+        zoom[np.arange(n), np.where(rng.random(n) < 0.6, labels, CLEAN)] += 0.5  # a zoom head right 60 % of the time
+        return {"cues": cues, "labels": labels, "zoom": zoom}
+
+    monkeypatch.setattr(cue_head, "EPOCHS", 30)
+    weights, record = cue_head.train_cue_head(fake_rows(3000, 1), fake_rows(300, 2), log=lambda _: None)
+    assert {k.rsplit(".", 1)[0] for k in weights} == {"diag.cues"}
+    assert record["dev_cell_accuracy"]["cue_head"] > 0.9 > record["dev_cell_accuracy"]["zoom_head"]
+    assert record["cue_weight"] in cue_head.CUE_WEIGHTS
+
+    model = tmp_path / "critic"
+    shutil.copytree(BUNDLED_DIR / DEFAULT_MODEL, model)
+    cue_head.add_to_critic(model, weights, record)
+    critic = qds_lite.load(model, backend="numpy")
+    assert critic.files.config["diagnosis"]["cue_weight"] == record["cue_weight"]
+    seen = []
+    real = diagnosis.window_cues
+    monkeypatch.setattr(diagnosis, "window_cues", lambda w: seen.append(w.shape) or real(w))
+    result = critic.score("tests/data/coffee_jpeg_local.jpg")
+    looked = [s for s in result.steps if s["tool"] in ("zoom", "check")]
+    assert seen == [(128, 128, 3)] * len(looked) and looked

@@ -73,6 +73,19 @@ def test_numpy_diagnosis_matches_reference(model_files, weights, reference):
                 reference["zoom_diagnosis"], ATOL_LOGITS)
 
 
+def test_numpy_cue_head_matches_reference(weights, reference):
+    """The pixel-cue head's logits on the golden zoom's cues, and the cues themselves as written (NumPy is
+    their specification: a change to them must come with a retrained head and new golden vectors)."""
+    from qds_lite.numpy_ops import mlp
+    from qds_lite.pixel_cues import window_cues
+
+    if "diag.cues.w1" not in weights:
+        pytest.skip("this critic has no pixel-cue head")
+    check_close("zoom cues", window_cues(reference["zoom"]), reference["zoom_cues"], 1e-5, rtol=1e-5)
+    check_close("cue diagnosis", mlp(weights, "diag.cues", reference["zoom_cues"]), reference["cue_diagnosis"],
+                ATOL_LOGITS)
+
+
 def test_numpy_reasoner_matches_reference_incrementally(model_files, weights, reference):
     session = NumpyBackend(model_files, weights).start()
     emb, ref = reference["embeddings"], reference["logits"]
