@@ -10,10 +10,11 @@ Measured, all in the same run (so a busy machine slows the baselines as much as 
 (c) whole-process bare Pillow decode of the same file (``python -c`` that opens and loads it);
     plus ``python -c pass`` (interpreter start-up alone) for reference;
 (d) in-process model time per image (glance + zooms, decoding excluded: ``Result.timings_ms["model"]``) for
-    each backend that loads here (onnx, numpy, gguf), and for onnx once more with two encoder threads
-    (against its default of one; not with ``--threads 2``): the steady state of a batch, median of N
-    rounds run round-robin over them after ``qds_lite.bench.WARMUP`` runs each (each turn's first run
-    untimed), and the ratios to onnx; the first image's model time in a fresh ``qds score --json`` process
+    each backend that loads here (onnx, numpy, gguf), and for onnx once more with two encoder threads (against
+    its default of one; not with ``--threads 2``) and once more without the diagnosis' pixel cues (a copy of
+    the critic in the output folder with ``cue_weight`` 0: what the cues cost): the steady state of a batch,
+    median of N rounds run round-robin over them after ``qds_lite.bench.WARMUP`` runs each (each turn's first
+    run untimed), and the ratios to onnx; the first image's model time in a fresh ``qds score --json`` process
     (what one shell command pays: the first encoder runs allocate), median of N; in-process decode time
     (``qds_lite.io.load_image``);
 (e) peak RSS of each whole process above (``os.wait4`` rusage of that very child);
@@ -54,6 +55,7 @@ SYNTH_QUALITY = 92
 PLACEHOLDER_MODEL = Path("build") / "tmpmodel"
 BACKENDS = ("onnx", "numpy", "gguf")
 TWO_THREADS = "onnx, 2 encoder threads"  # the option against the default one thread, same run
+NO_CUES = "onnx, without pixel cues"  # what the diagnosis' pixel cues cost, same run
 
 
 # ------------------------------------------------------------------------------------------------
@@ -241,7 +243,27 @@ def measure_memory(out: Path, model: str | None) -> dict:
 # In-process model time
 
 
-def measure_models(image: Path, model: str | None, threads: int | None, repeat: int) -> tuple[dict, dict]:
+def without_pixel_cues(model: str | None, out: Path) -> Path | None:
+    """A copy of the critic in ``out`` whose manifest turns its diagnosis' pixel cues off (``cue_weight`` 0: the
+    runtime then computes none), or None for a critic without them."""
+    import shutil
+
+    from qds_lite.model_store import resolve
+
+    files = resolve(model)
+    if not files.config.get("diagnosis", {}).get("cue_weight"):
+        return None
+    folder = out / "critic-without-pixel-cues"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(files.root, folder)
+    doc = json.loads((folder / "manifest.json").read_text())
+    doc["config"]["diagnosis"]["cue_weight"] = 0.0
+    (folder / "manifest.json").write_text(json.dumps(doc, indent=1) + "\n")
+    return folder
+
+
+def measure_models(image: Path, model: str | None, threads: int | None, repeat: int,
+                   out: Path) -> tuple[dict, dict]:
     """Per backend: steady-state model ms (median/min over ``repeat`` rounds, backends round-robin after
     ``WARMUP`` runs each, so that neither the process's own warm-up nor a burst of background load falls on one
     backend) and the score; skipped ones."""
@@ -255,12 +277,14 @@ def measure_models(image: Path, model: str | None, threads: int | None, repeat: 
         loaded = load_image(image)
         decode_ms.append((time.perf_counter() - t) * 1e3)
     critics, skipped = {}, {}
-    configs = {name: (name, threads) for name in BACKENDS}
+    configs = {name: (name, threads, model) for name in BACKENDS}
     if threads != 2:
-        configs[TWO_THREADS] = ("onnx", 2)
-    for name, (backend, n) in configs.items():
+        configs[TWO_THREADS] = ("onnx", 2, model)
+    if (no_cues := without_pixel_cues(model, out)) is not None:
+        configs[NO_CUES] = ("onnx", threads, str(no_cues))
+    for name, (backend, n, folder) in configs.items():
         try:
-            critics[name] = qds_lite.load(model, backend=backend, threads=n)
+            critics[name] = qds_lite.load(folder, backend=backend, threads=n)
         except Exception as e:  # noqa: BLE001  a missing or broken optional engine only drops that backend
             skipped[name] = f"{type(e).__name__}: {getattr(e, 'message', e)}"
             print(f"speed: skipping backend {name}: {skipped[name]}", file=sys.stderr)
@@ -329,7 +353,7 @@ def build_tables(proc: dict, models: dict, memory: dict) -> dict[str, tuple[list
     ]
     onnx = models.get("onnx", {}).get("median_ms")
     m_rows = []
-    for name in (*BACKENDS, TWO_THREADS):
+    for name in (*BACKENDS, TWO_THREADS, NO_CUES):
         if name not in models:
             continue
         m = models[name]
@@ -438,7 +462,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     except RuntimeError as e:
         print(f"speed: {e}", file=sys.stderr)
         return 1
-    models, skipped = measure_models(image, model, args.threads, args.repeat)
+    models, skipped = measure_models(image, model, args.threads, args.repeat, out)
     try:
         first = measure_first_image(image, model, args.threads, [b for b in BACKENDS if b in models], args.repeat)
         memory = {} if args.no_memory else measure_memory(out, model)
@@ -465,6 +489,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "numpy_over_onnx_model": _ratio(models.get("numpy", {}).get("median_ms"), onnx),
         "gguf_over_onnx_model": _ratio(models.get("gguf", {}).get("median_ms"), onnx),
         "two_encoder_threads_over_onnx_model": _ratio(models.get(TWO_THREADS, {}).get("median_ms"), onnx),
+        "onnx_over_onnx_without_pixel_cues_model": _ratio(onnx, models.get(NO_CUES, {}).get("median_ms")),
     }
     doc = {
         "command": command, "argv": [sys.executable, "-m", "benchmarks.speed", *argv],

@@ -351,3 +351,27 @@ def test_speed_models_table_shows_steady_state_and_first_image_times():
     assert rows[0][:4] == ["onnx", "20.0", "18.0", "1.00"] and rows[0][first] == "27.5"
     assert rows[1][3] == "3.00" and rows[1][first] == "n/a"  # not measured: said so, not left blank
     assert rows[2][:4] == [speed.TWO_THREADS, "30.0", "28.0", "1.50"]  # the threads option, same run
+
+
+def test_speed_times_the_critic_without_its_pixel_cues_from_a_copy(tmp_path, monkeypatch):
+    """The "without pixel cues" row scores a copy of the critic whose manifest sets cue_weight 0, so the
+    runtime computes no cues; the shipped folder is untouched."""
+    import qds_lite
+    from qds_lite import diagnosis
+    from qds_lite.model_store import resolve
+
+    speed = importlib.import_module("benchmarks.speed")
+    shipped = resolve()
+    if not shipped.config["diagnosis"].get("cue_weight"):
+        pytest.skip("the bundled critic has no pixel cues")
+    before = (shipped.root / "manifest.json").read_bytes()
+    folder = speed.without_pixel_cues(None, tmp_path)
+    assert (shipped.root / "manifest.json").read_bytes() == before
+    assert resolve(folder).config["diagnosis"]["cue_weight"] == 0
+    calls = []
+    real = diagnosis.window_cues
+    monkeypatch.setattr(diagnosis, "window_cues", lambda w: calls.append(1) or real(w))
+    qds_lite.load(folder, backend="numpy").score("tests/data/coffee_clean.jpg")
+    assert not calls
+    qds_lite.load(backend="numpy").score("tests/data/coffee_clean.jpg")
+    assert calls
