@@ -163,16 +163,18 @@ def test_html_embeds_crops_and_nothing_external(dark):
     checks = [st for st in dark.steps if st["tool"] == "check"]
     assert checks, "the critic checked suspect cells after its verdict"
     crops = dict(re.findall(r'<img id="crop-(\w+)" src="data:image/jpeg;base64,([^"]+)"', page))
+    unseen = [n for n, f in enumerate(dark.findings) if f.evidence_zoom is None]  # boxed where no zoom looked
     assert sorted(crops) == sorted([f"z{n}" for n in range(1, len(zooms) + 1)] +
-                                   [f"c{n}" for n in range(1, len(checks) + 1)])
+                                   [f"c{n}" for n in range(1, len(checks) + 1)] + [f"f{n}" for n in unseen])
     native = np.asarray(Image.open(DARK).convert("RGB"), np.int16)
     for key, z in [(f"z{n}", z) for n, z in enumerate(zooms, 1)] + [(f"c{n}", c) for n, c in enumerate(checks, 1)]:
         x0, y0, x1, y1 = z["window"]
         crop = Image.open(io.BytesIO(base64.b64decode(crops[key])))
         assert crop.size == (x1 - x0, y1 - y0)  # native pixels, not the downscaled photo
         assert np.abs(np.asarray(crop, np.int16) - native[y0:y1, x0:x1]).mean() < 4
-    for f in dark.findings:  # hovering a finding shows the zoom that saw it
-        assert f'data-crop="z{f.evidence_zoom}" data-caption="{html.escape(f.describe())}"' in page
+    for n, f in enumerate(dark.findings):  # hovering a finding shows the zoom that saw it, else its own box
+        crop = f"f{n}" if n in unseen else f"z{f.evidence_zoom}"
+        assert f'data-crop="{crop}" data-caption="{html.escape(f.describe())}"' in page
     assert page.count('class="box zoom"') == len(zooms) and page.count('class="box check"') == len(checks)
     text = re.sub(r"data:image/jpeg;base64,[A-Za-z0-9+/=]+", "", page)
     assert not re.search(r"(src|href)=\"(?!data:)", page) and "http" not in text and "@import" not in text
