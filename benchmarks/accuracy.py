@@ -248,6 +248,15 @@ def clean_flagged(records: Sequence[dict], method: str) -> float:
     return float(np.mean([bool(r["findings"][method]) for r in clean])) if clean else float("nan")
 
 
+def whole_image_named(records: Sequence[dict], method: str) -> float:
+    """Share of the globally degraded images (severity >= D_TEST_MIN_SEVERITY) among whose findings one names
+    their degradation: the local set measures where, this whether a fault over the whole photo is named."""
+    damaged = [r for r in records if r["set"] == "global" and r["kind"] is not None
+               and r["severity"] >= D_TEST_MIN_SEVERITY - TOL]
+    hits = [any(f["type"] == r["finding"] for f in r["findings"][method]) for r in damaged]
+    return float(np.mean(hits)) if hits else float("nan")
+
+
 def by_severity(records: Iterable[dict], value: Callable[[dict], float]) -> dict[float, list[float]]:
     """``value`` of each record, grouped by severity (0 = pristine), in order of severity."""
     groups: dict[float, list[float]] = {}
@@ -583,11 +592,13 @@ def compute(records: Sequence[dict], methods: Sequence[str], kinds: Sequence[str
         res = severity_metrics([r["photo"] for r in glob], [r["kind"] for r in glob], [r["severity"] for r in glob],
                                [r["scores"][m] for r in glob], kinds)
         if m.startswith(CRITIC_PREFIX):
-            res["localisation"] = localisation(local, m, grid) | {"clean_flagged": clean_flagged(glob, m)}
+            res["localisation"] = localisation(local, m, grid) | {"clean_flagged": clean_flagged(glob, m),
+                                                                  "global_named": whole_image_named(glob, m)}
             res["score_by_severity"] = score_by_severity(glob, m)
             res["scale"] = scale_fit(records, m)
-            res["localisation_per_kind"] = {k: localisation([r for r in local if r["kind"] == k], m, grid)
-                                            for k in kinds}
+            res["localisation_per_kind"] = {
+                k: localisation([r for r in local if r["kind"] == k], m, grid)
+                | {"global_named": whole_image_named([r for r in glob if r["kind"] == k], m)} for k in kinds}
         out[m] = res
     critic_scores = {m[len(CRITIC_PREFIX):]: np.array([r["scores"][m] for r in records])
                      for m in methods if m.startswith(CRITIC_PREFIX)}
@@ -618,6 +629,7 @@ SUMMARY_ROWS: tuple[tuple[str, str, str], ...] = (
     ("localisation", "mean_iou", "finding box, mean best IoU"),
     ("localisation", "zoom_hit", "a zoom lands on the local damage"),
     ("localisation", "clean_flagged", "pristine images given a finding (lower is better)"),
+    ("localisation", "global_named", f"whole-image damage (sev>={D_TEST_MIN_SEVERITY}) named"),
 )
 
 
@@ -834,9 +846,11 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     kind_rows = per_kind_rows(report, methods, kinds, "srcc")
     lkind_rows = per_kind_rows(report, methods, kinds, "l_srcc")
     crit = [m for m in methods if m.startswith(CRITIC_PREFIX)]
-    loc_header = ["kind"] + [f"{m} {col}" for m in crit[:1] for col in ("type top-1", f"IoU>={IOU_HIT}", "mean IoU")]
+    loc_cols = {"type_top1": "type top-1", "iou_hit": f"IoU>={IOU_HIT}", "mean_iou": "mean IoU",
+                "global_named": f"whole image, sev>={D_TEST_MIN_SEVERITY}: named"}
+    loc_header = ["kind"] + [f"{m} {col}" for m in crit[:1] for col in loc_cols.values()]
     loc_rows = [[k] + [_fmt(report["methods"][m]["localisation_per_kind"][k][key])
-                       for m in crit[:1] for key in ("type_top1", "iou_hit", "mean_iou")] for k in kinds]
+                       for m in crit[:1] for key in loc_cols] for k in kinds]
     gaps = gap_rows(report["backend_gap"])
 
     plot_methods = crit[:1] + [b.name for b in baselines]
@@ -872,7 +886,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
            "Per-kind L-test (mean over photos of the within-photo SRCC):", "",
            md_table(["kind (L-test SRCC)"] + methods, lkind_rows), ""]
     if crit:
-        md += [f"Localisation on the local set ({crit[0]}):", "", md_table(loc_header, loc_rows), ""]
+        md += [f"Findings per kind ({crit[0]}): on the local set, and on the whole-image damage of the global set:",
+               "", md_table(loc_header, loc_rows), ""]
         levels_seen = list(report["methods"][crit[0]]["score_by_severity"])
         md += ["Scale on unseen photos: mean score of the globally degraded images by severity, against the "
                "score the critic is trained to give one whole-image defect of that severity, 100 (1 - s):", "",

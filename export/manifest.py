@@ -66,6 +66,8 @@ def record_evaluation(root: Path, accuracy_json: Path, method: str = "qds/onnx")
             "D-test AUC": round(summary["d_auc"], 3), "P-test accuracy": round(summary["p_acc"], 3),
             "cross-distortion SRCC": round(summary["cross_srcc"], 3),
             "finding type top-1": round(loc["type_top1"], 3), "box IoU>=0.5": round(loc["iou_hit"], 3),
+            "pristine photos given a finding": round(loc["clean_flagged"], 3),
+            **({"whole-image damage named": round(loc["global_named"], 3)} if "global_named" in loc else {}),
             "score off the trained-for score": round(run["results"][method]["scale"]["mae"], 1),
             "level = trained-for level": round(run["results"][method]["scale"]["level_match"], 3),
         },

@@ -18,10 +18,11 @@ native-resolution features. The runtime then grounds the reasoner's findings in 
   sky as a colour cast); the pixels tell a bright or colourful scene from a clipped or cast one;
 - a zoomed cell's reading is the zoom head's times the pixel-cue head's raised to ``cue_weight``
   (:func:`combine`): the cue head reads hand-made measurements of the same window's pixels
-  (:mod:`qds_lite.pixel_cues`: noise, sharpness bands, JPEG blocks, levels, tone, colour) and tells a dark
-  alley or fine foliage from underexposure or noise more often than the features do (README, "Pixel cues");
+  (:mod:`qds_lite.pixel_cues`: noise, sharpness bands, JPEG blocks, banded levels) and tells fine foliage
+  from noise or a smooth sky from banding more often than the features do; it sees no tone or colour, so
+  it also lowers the odds of the tonal types against "clean" (README, "Pixel cues");
 - before the findings, once the verdict is given, the runtime reads the ``check_zooms`` cells the map finds
-  most suspect and the reasoner did not zoom into at native resolution through the zoom head alone, so the
+  most suspect and the reasoner did not zoom into at native resolution through the zoom and cue heads, so the
   map the findings are grounded in rests on more native evidence (the verdict and the reasoner's context
   are unchanged).
 

@@ -303,6 +303,20 @@ def test_zoom_hits_and_clean_photos_given_findings():
     assert math.isnan(acc.clean_flagged(glob[2:], "m"))
 
 
+def test_whole_image_damage_named_counts_any_finding_of_the_type_from_the_d_test_severity():
+    def rec(kind, finding, severity, found):
+        return {"set": "global", "kind": kind, "finding": finding, "severity": severity,
+                "findings": {"m": [{"type": t} for t in found]}}
+
+    glob = [rec("jpeg", "jpeg", 0.4, ["haze", "jpeg"]),  # named second: counts
+            rec("defocus", "defocus", 0.8, ["blur"]),  # another type: missed
+            rec("haze", "haze", 0.6, []),  # nothing: missed
+            rec("haze", "haze", 0.2, []),  # too mild: not counted
+            rec(None, None, 0.0, ["haze"])]  # pristine: not counted
+    assert acc.whole_image_named(glob, "m") == pytest.approx(1 / 3)
+    assert math.isnan(acc.whole_image_named([{**glob[0], "set": "local"}], "m"))  # the local set is not its job
+
+
 def test_whole_process_timings_run_the_package_from_bytecode():
     from importlib.util import cache_from_source
 
