@@ -250,8 +250,9 @@ def clean_flagged(records: Sequence[dict], method: str) -> float:
 
 def whole_image_named(records: Sequence[dict], method: str) -> float:
     """Share of the globally degraded images (severity >= D_TEST_MIN_SEVERITY) among whose findings one names
-    their degradation: the local set measures where, this whether a fault over the whole photo is named."""
-    damaged = [r for r in records if r["set"] == "global" and r["kind"] is not None
+    their degradation: the local set measures where, this whether a fault over the whole photo is named.
+    Damage no finding type of ours names (``finding`` None) is left out."""
+    damaged = [r for r in records if r["set"] == "global" and r["finding"] is not None
                and r["severity"] >= D_TEST_MIN_SEVERITY - TOL]
     hits = [any(f["type"] == r["finding"] for f in r["findings"][method]) for r in damaged]
     return float(np.mean(hits)) if hits else float("nan")
@@ -526,18 +527,31 @@ def _load_critics(model: str | None, names: Sequence[str], threads: int | None) 
 def score_all(photos: Sequence[Path], root: Path, critics: dict, baselines: Sequence, kinds: Sequence[str],
               levels: Sequence[float], seed: int, grid: int, local_per_kind: int = 1
               ) -> tuple[list[dict], list[dict], dict]:
-    """Synthesize and score every image; returns (records, photo info, seconds per method)."""
+    """Synthesize (``export.synth``) and score every image; returns (records, photo info, seconds per method)."""
+    from export import synth
+
+    def degrade(base: np.ndarray, it: Item) -> np.ndarray:
+        return synth.apply(base, [synth.Degradation(it.kind, it.severity, it.region, it.seed)])
+
+    plans = [(p, build_items(p.relative_to(root).as_posix(), kinds, levels, seed, grid, local_per_kind))
+             for p in photos]
+    return score_plans(plans, critics, baselines, degrade, lambda kind: synth.KINDS.get(kind or ""), grid, "accuracy")
+
+
+def score_plans(plans: Sequence[tuple[Path, Sequence[Item]]], critics: dict, baselines: Sequence,
+                degrade: Callable[[np.ndarray, Item], np.ndarray], finding_of: Callable[[str | None], str | None],
+                grid: int, label: str) -> tuple[list[dict], list[dict], dict]:
+    """Score the items of each photo (``degrade`` makes an item's image from the prepared photo; pristine items,
+    kind None, are the photo itself) with every critic, and the global set with every baseline; each record
+    names the finding type ``finding_of(kind)`` that should report its damage (None: no type of ours)."""
     from PIL import Image
 
-    from export import synth
     from qds_lite.io import load_image
 
     from .baselines import quality
 
-    plans = [(p, build_items(p.relative_to(root).as_posix(), kinds, levels, seed, grid, local_per_kind))
-             for p in photos]
     total = sum(len(items) for _, items in plans)
-    progress = _Progress(total, "accuracy")
+    progress = _Progress(total, label)
     seconds: dict[str, list[float]] = {m: [] for m in list(critics) + [b.name for b in baselines]}
     records, photo_info = [], []
     try:
@@ -548,11 +562,8 @@ def score_all(photos: Sequence[Path], root: Path, critics: dict, baselines: Sequ
             photo_info.append({"file": items[0].photo, "stored_size": stored,
                                "bench_size": [int(base.shape[1]), int(base.shape[0])]})
             for it in items:
-                if it.kind is None:
-                    img = base
-                else:
-                    img = synth.apply(base, [synth.Degradation(it.kind, it.severity, it.region, it.seed)])
-                rec = {"photo": it.photo, "set": it.set, "kind": it.kind, "finding": synth.KINDS.get(it.kind or ""),
+                img = base if it.kind is None else degrade(base, it)
+                rec = {"photo": it.photo, "set": it.set, "kind": it.kind, "finding": finding_of(it.kind),
                        "severity": it.severity, "region": list(it.region) if it.region else None,
                        "seed": it.seed, "scores": {}, "findings": {}, "zooms": {}, "level_probs": {}, "cells": {}}
                 loaded = load_image(img)
@@ -583,8 +594,10 @@ def score_all(photos: Sequence[Path], root: Path, critics: dict, baselines: Sequ
     return records, photo_info, per_image
 
 
-def compute(records: Sequence[dict], methods: Sequence[str], kinds: Sequence[str], grid: int) -> dict:
-    """Every metric of every method from the scored records."""
+def compute(records: Sequence[dict], methods: Sequence[str], kinds: Sequence[str], grid: int,
+            trained_scale: bool = True) -> dict:
+    """Every metric of every method from the scored records; ``trained_scale``: also how far the critic's scores
+    are from those it is trained to give (only for ``export.synth``'s kinds, whose trained-for score is known)."""
     glob = [r for r in records if r["set"] == "global"]
     local = [r for r in records if r["set"] == "local"]
     out = {}
@@ -595,7 +608,8 @@ def compute(records: Sequence[dict], methods: Sequence[str], kinds: Sequence[str
             res["localisation"] = localisation(local, m, grid) | {"clean_flagged": clean_flagged(glob, m),
                                                                   "global_named": whole_image_named(glob, m)}
             res["score_by_severity"] = score_by_severity(glob, m)
-            res["scale"] = scale_fit(records, m)
+            if trained_scale:
+                res["scale"] = scale_fit(records, m)
             res["localisation_per_kind"] = {
                 k: localisation([r for r in local if r["kind"] == k], m, grid)
                 | {"global_named": whole_image_named([r for r in glob if r["kind"] == k], m)} for k in kinds}
@@ -643,9 +657,10 @@ def _fmt(v, digits: int = 3) -> str:
     return f"{v:.{digits}f}"
 
 
-def summary_rows(report: dict, methods: Sequence[str], seconds: dict) -> list[list[str]]:
+def summary_rows(report: dict, methods: Sequence[str], seconds: dict,
+                 which: Sequence[tuple[str, str, str]] = SUMMARY_ROWS) -> list[list[str]]:
     rows = []
-    for section, key, label in SUMMARY_ROWS:
+    for section, key, label in which:
         row = [label]
         for m in methods:
             sec = report["methods"][m].get(section)
@@ -797,37 +812,48 @@ def _jsonable(obj):
     return obj
 
 
-def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from export import synth
+def open_run(args: argparse.Namespace, label: str, what: str) -> tuple | None:
+    """Everything a held-out-photo benchmark scores with: (critics, skipped backends, model info, baselines
+    prepared, pristine root, photos of the split); None, said on stderr, when no critic loads."""
     from export.data import pristine_dir, pristine_photos
     from qds_lite.errors import QdsError
-    from qds_lite.protocol import GRID
 
     from .baselines import available_baselines
 
-    started = _dt.datetime.now(_dt.timezone.utc)
-    levels = parse_levels(args.levels)
-    kinds = list(synth.KINDS)
     names = [b.strip() for b in args.backends.split(",") if b.strip()]
     try:
         critics, skipped, model_info = _load_critics(args.model, names, args.threads)
     except QdsError as e:
-        print(f"accuracy: {e.message} (the trained critic may not be there yet: try --model build/tmpmodel)",
+        print(f"{label}: {e.message} (the trained critic may not be there yet: try --model build/tmpmodel)",
               file=sys.stderr)
-        return 2
+        return None
     if not critics:
-        print("accuracy: no critic backend could be loaded", file=sys.stderr)
-        return 2
+        print(f"{label}: no critic backend could be loaded", file=sys.stderr)
+        return None
     baselines = [] if args.no_baselines else available_baselines()
     root = pristine_dir()
     photos = pick_photos(pristine_photos(args.split, root), args.photos)
-    methods = list(critics) + [b.name for b in baselines]
-    print(f"accuracy: model {model_info['name']} ({model_info['root']}), backends {', '.join(critics)}, "
+    print(f"{label}: model {model_info['name']} ({model_info['root']}), backends {', '.join(critics)}, "
           f"baselines {', '.join(b.name for b in baselines) or 'none'}, {len(photos)} {args.split}-split photos, "
-          f"levels {levels}", file=sys.stderr)
+          f"{what}", file=sys.stderr)
     for b in baselines:
         if b.prepare is not None:  # one-time setup (the MobileNetV2+ridge fit), kept out of the timings
             b.prepare()
+    return critics, skipped, model_info, baselines, root, photos
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from export import synth
+    from qds_lite.protocol import GRID
+
+    started = _dt.datetime.now(_dt.timezone.utc)
+    levels = parse_levels(args.levels)
+    kinds = list(synth.KINDS)
+    setup = open_run(args, "accuracy", f"levels {levels}")
+    if setup is None:
+        return 2
+    critics, skipped, model_info, baselines, root, photos = setup
+    methods = list(critics) + [b.name for b in baselines]
 
     records, photo_info, seconds = score_all(photos, root, critics, baselines, kinds, levels, args.seed, GRID,
                                              args.local_per_kind)
@@ -912,7 +938,6 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                md_table(list(GAP_HEADER), gaps), ""]
     md += [f"_{finished.strftime('%Y-%m-%d %H:%M UTC')}, {platform.platform()}, {os.cpu_count()} CPUs; "
            f"wall time {(finished - started).total_seconds() / 60:.1f} min._", ""]
-    (out / "accuracy.md").write_text("\n".join(md))
 
     doc = {
         "command": command, "argv": [sys.executable, "-m", "benchmarks.accuracy", *argv],
@@ -931,31 +956,43 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "plot": {"file": "accuracy_per_kind.png", "engine": plot_engine, "methods": plot_methods},
         "environment": _environment(), "records": records,
     }
-    (out / "accuracy.json").write_text(json.dumps(_jsonable(doc), indent=1) + "\n")
-    print(f"wrote {out / 'accuracy.json'}, {out / 'accuracy.md'}, {out / 'accuracy_per_kind.png'}", file=sys.stderr)
+    write_report(out, "accuracy", md, doc)
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.split("\n\n")[0],
+def write_report(out: Path, stem: str, md: Sequence[str], doc: dict) -> None:
+    """``stem.md`` (the markdown lines) and ``stem.json`` (``doc``, NaN as null) in ``out``, beside the plot."""
+    (out / f"{stem}.md").write_text("\n".join(md))
+    (out / f"{stem}.json").write_text(json.dumps(_jsonable(doc), indent=1) + "\n")
+    print(f"wrote {out / f'{stem}.json'}, {out / f'{stem}.md'}, {out / f'{stem}_per_kind.png'}", file=sys.stderr)
+
+
+def benchmark_parser(name: str, doc: str, default_out: Path) -> argparse.ArgumentParser:
+    """The options every held-out-photo benchmark shares (critic, photos, output, threads, baselines)."""
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=doc.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="bundled critic name or folder (default: the bundled qds-small-v1)")
-    p.add_argument("--backends", default="onnx,numpy,gguf",
-                   help="comma-separated critic backends (onnx, gguf, numpy) and variants built from the same weights "
-                   "(torch: the fp32 reference, onnx-int8, gguf-q4_0; benchmarks/variants.py); ones that cannot "
-                   "load are skipped (default: %(default)s)")
     p.add_argument("--split", choices=("test", "dev"), default="test",
                    help="pristine photos to degrade: test (reported figures) or dev (choosing settings; "
                    "never report it as accuracy) (default: %(default)s)")
     p.add_argument("--photos", type=int, default=None,
                    help="number of photos of the split, spread evenly (default: all)")
+    p.add_argument("--out", default=str(default_out), help="output folder (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="threads per critic backend (default: the backend's)")
+    p.add_argument("--no-baselines", action="store_true", help="score with the critic only (quick checks)")
+    return p
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = benchmark_parser("accuracy", __doc__, DEFAULT_OUT)
+    p.add_argument("--backends", default="onnx,numpy,gguf",
+                   help="comma-separated critic backends (onnx, gguf, numpy) and variants built from the same weights "
+                   "(torch: the fp32 reference, onnx-int8, gguf-q4_0; benchmarks/variants.py); ones that cannot "
+                   "load are skipped (default: %(default)s)")
     p.add_argument("--levels", default=str(len(DEFAULT_LEVELS)),
                    help="N evenly spaced severity levels k/(N+1), or a comma list such as 0.3,0.7 "
                    "(default: %(default)s)")
-    p.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the degradations and regions (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="threads per critic backend (default: the backend's)")
-    p.add_argument("--no-baselines", action="store_true", help="score with the critic only (quick checks)")
     p.add_argument("--local-per-kind", type=int, default=1, metavar="N",
                    help="locally degraded images per kind and photo, each in its own random region: more make "
                    "the finding figures steadier (default: %(default)s)")

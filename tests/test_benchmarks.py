@@ -312,7 +312,8 @@ def test_whole_image_damage_named_counts_any_finding_of_the_type_from_the_d_test
             rec("defocus", "defocus", 0.8, ["blur"]),  # another type: missed
             rec("haze", "haze", 0.6, []),  # nothing: missed
             rec("haze", "haze", 0.2, []),  # too mild: not counted
-            rec(None, None, 0.0, ["haze"])]  # pristine: not counted
+            rec(None, None, 0.0, ["haze"]),  # pristine: not counted
+            rec("jp2k", None, 0.8, [])]  # damage no type of ours names (benchmarks.waterloo): not counted
     assert acc.whole_image_named(glob, "m") == pytest.approx(1 / 3)
     assert math.isnan(acc.whole_image_named([{**glob[0], "set": "local"}], "m"))  # the local set is not its job
 
