@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from export.oracle import region_cells
 from qds_lite import protocol as P
 from qds_lite.atomic import atomic_open
-from qds_lite.errors import QdsError
+from qds_lite.errors import ImageLoadError, QdsError
 from qds_lite.io import load_image
 from qds_lite.model_store import sha256_file
 from qds_lite.progress import Progress
@@ -207,15 +207,10 @@ def _records(teacher: VLMCritic, root: Path, photos: list[Photo], decoding: dict
                 yield photo, record
                 continue
             except QdsError as e:
-                photo.error = _reason(e.message, photo.path.name)
+                photo.error = e.reason if isinstance(e, ImageLoadError) else e.message
             except (OSError, RuntimeError) as e:  # vanished file; llama.cpp failing on this image
                 photo.error = getattr(e, "strerror", None) or str(e)
         yield photo, None
-
-
-def _reason(message: str, name: str) -> str:
-    """An io error message without its leading file name (the relative path is printed instead)."""
-    return message[len(name) + 2:] if message.startswith(name + ": ") else message
 
 
 def _positive(text: str) -> int:

@@ -28,6 +28,11 @@ def _vlm_folder(model: str | None) -> Path | None:
         return None  # the regular loader reports an unreadable manifest
 
 
+def _input_error(path: str, err: QdsError) -> str:
+    """One line for an input that failed, naming it by the path the user gave (two IMG_1.jpg differ)."""
+    return f"{path}: {err.reason}" if isinstance(err, ImageLoadError) else err.message
+
+
 def _fail(err: QdsError) -> None:
     click.echo(f"qds: {err.message}" + (f" ({err.hint})" if err.hint else ""), err=True)
     sys.exit(2)
@@ -102,9 +107,9 @@ def score(paths: tuple[str, ...], as_json: bool, backend: str, zooms: int, threa
     for path, err, r in _score_all(paths, make_critic):
         if r is None:
             failed += 1
-            click.echo(f"qds: {err.message}", err=True)
+            click.echo(f"qds: {_input_error(path, err)}", err=True)
             if as_json:
-                click.echo(json.dumps({"file": path, "error": err.message}))
+                click.echo(json.dumps({"file": path, "error": _input_error(path, err)}))
             continue
         if as_json:
             click.echo(json.dumps(r.trace | {"file": path}))
@@ -127,7 +132,7 @@ def explain(photo: str, out: Path, as_html: bool, width: int, backend: str, mode
 
     for path, loaded, r in _score_all((photo,), lambda: load(model, backend=backend, zooms=zooms)):
         if r is None:
-            click.echo(f"qds: {loaded.message}", err=True)
+            click.echo(f"qds: {_input_error(path, loaded)}", err=True)
             sys.exit(1)
         try:
             (write_explanation_html if as_html else write_explanation)(loaded, r, out, width=width, input_path=path)
@@ -191,7 +196,7 @@ def compare(photos: tuple[str, ...], as_json: bool, backend: str, model: str | N
     for path, loaded, r in _score_all(photos, lambda: load(model, backend=backend, zooms=zooms)):
         if r is None:
             failed += 1
-            click.echo(f"qds: {loaded.message}", err=True)
+            click.echo(f"qds: {_input_error(path, loaded)}", err=True)
         else:
             results.append(r.__class__(**(r.__dict__ | {"file": path})))
     if len(results) < 2:

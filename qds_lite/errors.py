@@ -13,7 +13,14 @@ class QdsError(Exception):
 
 
 class ImageLoadError(QdsError):
-    """An input could not be read as an image (the message names the file and the reason)."""
+    """An input could not be read as an image: ``str(err)`` is "file: reason"; ``file`` is the name the loader
+    knows it by (a path's base name, "<bytes>", "<array>"), so a caller that shows paths pairs its own path
+    with ``reason``."""
+
+    def __init__(self, file: str, reason: str) -> None:
+        super().__init__(f"{file}: {reason}")
+        self.file = file
+        self.reason = reason
 
 
 class BackendUnavailable(QdsError):

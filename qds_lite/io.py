@@ -9,12 +9,14 @@ reader (pi-heif or pillow-heif) and rawpy are imported only when a file's conten
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import io
 import math
 import os
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,6 +56,9 @@ class LoadedImage:
     glance: np.ndarray  # GLANCE_SIZE x GLANCE_SIZE x 3 uint8 view of the whole image
     # the glance's intermediate integer reduction of ``full`` (None for arrays), reused by thumbnail()
     reduced: Image.Image | None = field(default=None, repr=False, compare=False)
+    # what loading took (decode, orientation, colour conversion, glance): reported in a score's timings even
+    # when the image was loaded ahead in another thread (Critic.score_many, the CLI)
+    load_ms: float = field(default=0.0, compare=False)
 
     @cached_property
     def pixels(self) -> np.ndarray:
@@ -106,6 +111,12 @@ def load_image(source: Source, *, max_pixels: int | None = None) -> LoadedImage:
     ``MAX_PIXELS_DEFAULT``) are refused before decoding. An ndarray input is used as is (no copy
     when it is already C-contiguous HxWx3 uint8, so do not modify it while the result is in use).
     """
+    t0 = time.perf_counter()
+    loaded = _load(source, max_pixels)
+    return dataclasses.replace(loaded, load_ms=(time.perf_counter() - t0) * 1e3)
+
+
+def _load(source: Source, max_pixels: int | None) -> LoadedImage:
     if isinstance(source, np.ndarray):
         return _from_array(source)
     if isinstance(source, Image.Image):
@@ -202,11 +213,10 @@ def _pixel_limit(max_pixels: int | None) -> int:
 def _check_size(size: tuple[int, int], name: str, limit: int) -> None:
     w, h = size
     if w <= 0 or h <= 0:
-        raise ImageLoadError(f"{name}: empty image ({w} x {h} pixels)")
+        raise ImageLoadError(name, f"empty image ({w} x {h} pixels)")
     if w * h > limit:
         raise ImageLoadError(
-            f"{name}: image too large ({w} x {h} = {w * h} pixels > limit {limit}); "
-            "set QDS_MAX_PIXELS to raise the limit"
+            name, f"image too large ({w} x {h} = {w * h} pixels > limit {limit}); set QDS_MAX_PIXELS to raise the limit"
         )
 
 
@@ -220,17 +230,17 @@ def _read_source(source: str | os.PathLike | bytes | bytearray | memoryview) -> 
             with open(path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
-            raise ImageLoadError(f"{name}: file not found") from None
+            raise ImageLoadError(name, "file not found") from None
         except PermissionError:
-            raise ImageLoadError(f"{name}: permission denied") from None
+            raise ImageLoadError(name, "permission denied") from None
         except IsADirectoryError:
-            raise ImageLoadError(f"{name}: is a directory") from None
+            raise ImageLoadError(name, "is a directory") from None
         except OSError as e:
-            raise ImageLoadError(f"{name}: cannot read file ({e.strerror or e})") from e
+            raise ImageLoadError(name, f"cannot read file ({e.strerror or e})") from e
     else:
         raise TypeError(f"cannot load an image from {type(source).__name__}")
     if not data:
-        raise ImageLoadError(f"{name}: empty file")
+        raise ImageLoadError(name, "empty file")
     return name, data
 
 
@@ -268,19 +278,17 @@ def _pillow_call(name: str, img: Image.Image | None, fn, *args, **kwargs):
     except ImageLoadError:
         raise
     except Image.UnidentifiedImageError:
-        raise ImageLoadError(f"{name}: not an image file (unrecognised format)") from None
+        raise ImageLoadError(name, "not an image file (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageLoadError(
-            f"{name}: image too large ({e}); set QDS_MAX_PIXELS to raise the limit"
-        ) from e
+        raise ImageLoadError(name, f"image too large ({e}); set QDS_MAX_PIXELS to raise the limit") from e
     except MemoryError:
         size = f" ({img.size[0]} x {img.size[1]})" if img is not None else ""
-        raise ImageLoadError(f"{name}: not enough memory to decode the image{size}") from None
+        raise ImageLoadError(name, f"not enough memory to decode the image{size}") from None
     except _DECODE_ERRORS as e:
         detail = " ".join(str(e).split()) or type(e).__name__
         if "truncat" in detail.lower():
-            raise ImageLoadError(f"{name}: truncated {fmt} data") from e
-        raise ImageLoadError(f"{name}: corrupt {fmt} data ({detail})") from e
+            raise ImageLoadError(name, f"truncated {fmt} data") from e
+        raise ImageLoadError(name, f"corrupt {fmt} data ({detail})") from e
 
 
 def _open(data: bytes, name: str, limit: int, draft: tuple[int, int] | None = None) -> Image.Image:
@@ -362,9 +370,9 @@ def _identify_container(data: bytes, name: str, kind: str) -> Image.Image:
         try:
             from PIL import AvifImagePlugin  # registers the format; Pillow >= 11.3
         except ImportError:
-            raise ImageLoadError(f"{name}: {AVIF_PILLOW_HINT}") from None
+            raise ImageLoadError(name, f"{AVIF_PILLOW_HINT}") from None
         if not getattr(AvifImagePlugin, "SUPPORTED", False):
-            raise ImageLoadError(f"{name}: {AVIF_PILLOW_HINT}")
+            raise ImageLoadError(name, f"{AVIF_PILLOW_HINT}")
         fmt = "AVIF"
     else:
         _register_heif(name)
@@ -376,7 +384,7 @@ def _open_as(data: bytes, name: str, fmt: str) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data), formats=[fmt])
     except Image.UnidentifiedImageError:  # the plugin could not parse what the ftyp box announced
-        raise ImageLoadError(f"{name}: corrupt or truncated {fmt} data") from None
+        raise ImageLoadError(name, f"corrupt or truncated {fmt} data") from None
 
 
 def _register_heif(name: str) -> None:
@@ -393,7 +401,7 @@ def _register_heif(name: str) -> None:
             plugin.register_heif_opener()
             _heif_registered = True
             return
-    raise ImageLoadError(f"{name}: {HEIF_EXTRA_HINT}")
+    raise ImageLoadError(name, f"{HEIF_EXTRA_HINT}")
 
 
 def _orientation(img: Image.Image) -> int:
@@ -423,6 +431,8 @@ def _to_srgb(img: Image.Image, name: str, owned: bool) -> Image.Image:
     elif img.mode in _ALPHA_MODES or "transparency" in img.info:
         rgba = _convert(img, "RGBA", name)
         img, owned = _on_white(rgba, rgba.getchannel("A")), True
+    if icc and img.mode in ("P", "1"):  # a palette's entries are in the profile's space: expand them first
+        img, owned = _convert(img, "RGB" if img.mode == "P" else "L", name), True
     if icc and ImageCms is not None and img.mode in ("RGB", "L", "CMYK"):
         transform = _icc_transform(bytes(icc), img.mode)
         if transform is not None:
@@ -434,7 +444,7 @@ def _convert(img: Image.Image, mode: str, name: str) -> Image.Image:
     try:
         return img.convert(mode)
     except ValueError as e:
-        raise ImageLoadError(f"{name}: unsupported pixel mode {img.mode}") from e
+        raise ImageLoadError(name, f"unsupported pixel mode {img.mode}") from e
 
 
 def _on_white(img: Image.Image, alpha: Image.Image) -> Image.Image:
@@ -507,13 +517,13 @@ def _check_rgb(pixels: np.ndarray) -> np.ndarray:
 def _from_array(a: np.ndarray) -> LoadedImage:
     name = "<array>"
     if a.dtype != np.uint8:
-        raise ImageLoadError(f"{name}: unsupported array dtype {a.dtype} (expected uint8)")
+        raise ImageLoadError(name, f"unsupported array dtype {a.dtype} (expected uint8)")
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[:, :, 0]
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
-        raise ImageLoadError(f"{name}: unsupported array shape {a.shape} (expected HxW, HxWx3 or HxWx4)")
+        raise ImageLoadError(name, f"unsupported array shape {a.shape} (expected HxW, HxWx3 or HxWx4)")
     if a.shape[0] == 0 or a.shape[1] == 0:
-        raise ImageLoadError(f"{name}: empty image ({a.shape[1]} x {a.shape[0]} pixels)")
+        raise ImageLoadError(name, f"empty image ({a.shape[1]} x {a.shape[0]} pixels)")
     if a.ndim == 2:
         pixels = np.repeat(a[:, :, None], 3, axis=2)
     elif a.shape[2] == 4:

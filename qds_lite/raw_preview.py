@@ -104,26 +104,26 @@ def open_preview(data: bytes, name: str) -> Image.Image:
     try:
         import rawpy
     except ImportError:
-        raise ImageLoadError(f"{name}: {RAW_EXTRA_HINT}") from None
+        raise ImageLoadError(name, f"{RAW_EXTRA_HINT}") from None
     try:
         with rawpy.imread(io.BytesIO(data)) as raw:
             flip = raw.sizes.flip
             thumb = raw.extract_thumb()
     except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
-        raise ImageLoadError(f"{name}: camera RAW without an embedded preview") from None
+        raise ImageLoadError(name, "camera RAW without an embedded preview") from None
     except rawpy.LibRawFileUnsupportedError:
-        raise ImageLoadError(f"{name}: camera RAW format not supported by LibRaw") from None
+        raise ImageLoadError(name, "camera RAW format not supported by LibRaw") from None
     except (rawpy.LibRawTooBigError, rawpy.LibRawUnsufficientMemoryError, rawpy.LibRawMemPoolOverflowError,
             MemoryError):
-        raise ImageLoadError(f"{name}: not enough memory to read the camera RAW file") from None
+        raise ImageLoadError(name, "not enough memory to read the camera RAW file") from None
     except (rawpy.LibRawError, OSError, ValueError) as e:
         detail = " ".join(str(e).split()) or type(e).__name__
-        raise ImageLoadError(f"{name}: corrupt camera RAW data ({detail})") from e
+        raise ImageLoadError(name, f"corrupt camera RAW data ({detail})") from e
     if thumb.format == rawpy.ThumbFormat.JPEG:
         try:
             img = Image.open(io.BytesIO(thumb.data), formats=["JPEG"])
         except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
-            raise ImageLoadError(f"{name}: corrupt embedded preview in camera RAW ({e})") from e
+            raise ImageLoadError(name, f"corrupt embedded preview in camera RAW ({e})") from e
     else:
         img = _bitmap(np.asarray(thumb.data), name)
     orientation = FLIP_TO_ORIENTATION.get(flip, 1)
@@ -142,5 +142,5 @@ def _bitmap(a: np.ndarray, name: str) -> Image.Image:
     if a.dtype == np.uint16:
         a = (a >> 8).astype(np.uint8)
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] not in (1, 3):
-        raise ImageLoadError(f"{name}: unsupported embedded preview in camera RAW ({a.dtype} {a.shape})")
+        raise ImageLoadError(name, f"unsupported embedded preview in camera RAW ({a.dtype} {a.shape})")
     return Image.fromarray(np.ascontiguousarray(a[:, :, 0] if a.shape[2] == 1 else a))

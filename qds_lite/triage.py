@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import protocol as P
 from .bursts import Frame, capture_time, dhash, group_bursts
-from .errors import QdsError
+from .errors import ImageLoadError, QdsError
 from .io import LoadedImage, load_image
 from .model_store import sha256_file
 from .triage_cache import Entry, TriageCache, options_digest, result_key
@@ -172,7 +172,7 @@ def _score_one(task: tuple[str, str | None]) -> dict:
     except QdsError as e:
         if not os.path.exists(path):
             return {"path": path, "error": "file vanished during the run"}
-        return {"path": path, "error": _reason(e.message, path)}
+        return {"path": path, "error": e.reason if isinstance(e, ImageLoadError) else e.message}
     except OSError as e:  # vanished or unreadable between the walk and now
         return {"path": path, "error": _os_reason(e)}
     return {"path": path, "sha": sha, "key": key, "cached": False, "trace": result.trace,
@@ -183,12 +183,6 @@ def _os_reason(e: OSError) -> str:
     if isinstance(e, FileNotFoundError):
         return "file vanished during the run"
     return f"cannot read file ({e.strerror or e})"
-
-
-def _reason(message: str, path: str) -> str:
-    """An io error message without its leading file name (the CLI prefixes the path it shows)."""
-    prefix = os.path.basename(path) + ": "
-    return message[len(prefix):] if message.startswith(prefix) else message
 
 
 def _thumbnail(loaded: LoadedImage) -> bytes:

@@ -359,7 +359,7 @@ class VLMCritic:
         think = " ".join(final.think.split())
         if think:
             text = f"{text} Model: {think[:400]}"
-        timings = {"decode": t_decode * 1e3, "model": self._model_s * 1e3,
+        timings = {"decode": img.load_ms, "model": self._model_s * 1e3,
                    "loop": max(0.0, (t_total - t_decode - self._model_s) * 1e3)}
         return Result(file=img.name, score=score, level=level, level_probs=probs, findings=found,
                       steps=tuple(steps), rationale=text, model=self.model_info, backend=self.backend,

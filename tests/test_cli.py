@@ -82,6 +82,20 @@ def test_readme_shows_what_scoring_the_samples_prints(monkeypatch):
     assert [line.split() for line in r.output.strip().splitlines()] == shown
 
 
+def test_readme_shows_what_the_json_trace_of_a_sample_holds(monkeypatch):
+    """README.md's --json example must be the bundled critic's trace of that sample (verdict and findings;
+    its steps are abridged and its timings vary)."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("`qds score --json` prints one trace per line", 1)[1].split("```", 2)[1]
+    monkeypatch.chdir(ROOT)
+    r = run("score", "--json", "tests/data/coffee_dark.jpg")
+    assert r.exit_code == 0, r.output
+    trace = json.loads(r.stdout)
+    for key in ("file", "score", "level", "level_probs", "findings", "rationale", "backend"):
+        assert f'"{key}": {json.dumps(trace[key])}' in block, key
+    assert json.dumps(trace["steps"][1]) in block  # the first zoom
+
+
 def test_json_traces_validate_against_schema():
     r = run("score", "--json", "--zooms", "2", *map(str, SAMPLES))
     assert r.exit_code == 0, r.output
@@ -108,6 +122,19 @@ def test_hostile_inputs_are_reported_and_the_batch_goes_on(hostile):
         else:
             assert "error" not in rec, rec
     assert r.stderr.count("qds: ") == len(BAD) + 1  # one clear line per bad input
+
+
+def test_a_failed_input_is_named_by_the_path_given(tmp_path):
+    """Two bad files of the same name in two folders of a shoot must be told apart."""
+    for folder, data in (("day1", b""), ("day2", b"not a picture at all")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "IMG_1.jpg").write_bytes(data)
+    paths = [str(tmp_path / "day1" / "IMG_1.jpg"), str(tmp_path / "day2" / "IMG_1.jpg")]
+    r = CliRunner().invoke(main, ["score", "--json", *paths])
+    assert r.exit_code == 1
+    assert f"qds: {paths[0]}: empty file" in r.stderr
+    assert f"qds: {paths[1]}: not an image file" in r.stderr
+    assert [json.loads(line)["error"].split(": ")[0] for line in r.stdout.splitlines()] == paths
 
 
 def test_exit_code_2_on_usage_errors():

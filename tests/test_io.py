@@ -247,6 +247,13 @@ def test_icc_other_rgb_profile_is_converted(tmp_path):
     assert g > 200 and r < 100, (r, g, b)  # "red" in that space is sRGB green
 
 
+def test_icc_profile_of_a_palette_image_is_converted(tmp_path):
+    red = Image.new("RGB", (8, 8), (255, 0, 0)).quantize(colors=4)
+    out = qio.load_image(save(red, tmp_path / "swapped.png", icc_profile=swapped_primaries_icc()))
+    r, g, b = out.pixels.reshape(-1, 3).mean(0)
+    assert g > 200 and r < 100, (r, g, b)
+
+
 @pytest.mark.parametrize("icc", [
     ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes(),  # wrong colour space for RGB
     b"this is not an ICC profile at all" * 4,
