@@ -89,7 +89,7 @@ ZOOM_WEIGHT = 0.0
 FIND_MARGIN = 0.0
 # How many suspect cells the runtime reads at native resolution after the verdict, for the findings alone
 # (qds_lite.runtime.Reasoner._check); chosen on the dev split with the command above (README, "Findings").
-CHECK_ZOOMS = 4
+CHECK_ZOOMS = 8
 DECODING = {"type_weight": TYPE_WEIGHT, "zoom_weight": ZOOM_WEIGHT, "find_margin": FIND_MARGIN,
             "check_zooms": CHECK_ZOOMS}  # -> manifest
 STD_FLOOR = 1e-3  # added to each feature's std before standardizing (a few are near-constant)

@@ -22,6 +22,9 @@ class ImageLoadError(QdsError):
         self.file = file
         self.reason = reason
 
+    def __reduce__(self):  # an app's worker processes hand it back pickled
+        return type(self), (self.file, self.reason)
+
 
 class BackendUnavailable(QdsError):
     """A backend's engine is not installed or cannot run here."""

@@ -277,6 +277,13 @@ def test_empty_file(tmp_path):
     assert msg.startswith("empty.jpg: ") and "empty file" in msg
 
 
+def test_load_error_survives_pickling(tmp_path):
+    import pickle
+
+    err = pickle.loads(pickle.dumps(qio.ImageLoadError("a.jpg", "empty file")))
+    assert (err.file, err.reason, str(err)) == ("a.jpg", "empty file", "a.jpg: empty file")
+
+
 def test_truncated_jpeg(tmp_path):
     ref = (np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)
     full = (tmp_path / "full.jpg")
