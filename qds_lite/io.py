@@ -370,9 +370,9 @@ def _identify_container(data: bytes, name: str, kind: str) -> Image.Image:
         try:
             from PIL import AvifImagePlugin  # registers the format; Pillow >= 11.3
         except ImportError:
-            raise ImageLoadError(name, f"{AVIF_PILLOW_HINT}") from None
+            raise ImageLoadError(name, AVIF_PILLOW_HINT) from None
         if not getattr(AvifImagePlugin, "SUPPORTED", False):
-            raise ImageLoadError(name, f"{AVIF_PILLOW_HINT}")
+            raise ImageLoadError(name, AVIF_PILLOW_HINT)
         fmt = "AVIF"
     else:
         _register_heif(name)
@@ -401,7 +401,7 @@ def _register_heif(name: str) -> None:
             plugin.register_heif_opener()
             _heif_registered = True
             return
-    raise ImageLoadError(name, f"{HEIF_EXTRA_HINT}")
+    raise ImageLoadError(name, HEIF_EXTRA_HINT)
 
 
 def _orientation(img: Image.Image) -> int:

@@ -104,7 +104,7 @@ def open_preview(data: bytes, name: str) -> Image.Image:
     try:
         import rawpy
     except ImportError:
-        raise ImageLoadError(name, f"{RAW_EXTRA_HINT}") from None
+        raise ImageLoadError(name, RAW_EXTRA_HINT) from None
     try:
         with rawpy.imread(io.BytesIO(data)) as raw:
             flip = raw.sizes.flip
