@@ -1,7 +1,7 @@
 """Refine benchmark: does `qds refine` bring degraded photos back towards their pristine originals?
 
     python -m benchmarks.refine [--photos N] [--split test] [--kinds k1,k2] [--max-steps 4] [--seed 0]
-                                [--model NAME|DIR] [--margin M] [--pairs N] [--out build/bench]
+                                [--model NAME|DIR] [--margin M] [--no-gate] [--pairs N] [--out build/bench]
 
 Built on the fly from held-out photos (``export.data.pristine_photos("test")``; ``--split dev`` for tuning),
 each loaded oriented and LANCZOS-downscaled to a long side of 768 px as in ``benchmarks/accuracy.py``. Per
@@ -32,7 +32,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -113,11 +113,28 @@ def _measure(ref: np.ndarray, img: np.ndarray, score: float, niqe_fn) -> dict:
     return {"ssim": ssim(ref, img), "psnr": psnr(ref, img), "score": score, "niqe": niqe_fn(img)}
 
 
-def run_items(photos: Sequence[Path], root: Path, kinds: Sequence[str], seed: int, max_steps: int,
-              model: str | None, margin: float, pairs: int = 0) -> list[dict]:
+def degraded_items(photos: Sequence[Path], root: Path, kinds: Sequence[str], seed: int, pairs: int = 0,
+                   label: str = "refine") -> Iterator[tuple[np.ndarray, dict, np.ndarray]]:
+    """(pristine photo, item, its degraded image) for every item of ``items_for`` of every photo, with a
+    progress bar; photos are loaded as the accuracy benchmark loads them."""
     from export import synth
-    from qds_lite import load
     from qds_lite.protocol import GRID
+
+    plans = [(p, items_for(p.relative_to(root).as_posix(), kinds, seed, GRID, pairs)) for p in photos]
+    progress = _Progress(sum(len(i) for _, i in plans), label)
+    try:
+        for path, items in plans:
+            base = prepare_photo(path)
+            for it in items:
+                yield base, it, base if it["kind"] is None else synth.apply(base, degradations(it))
+                progress.update(f"{path.name} {it['kind'] or 'pristine'} {it['set']}")
+    finally:
+        progress.close()
+
+
+def run_items(photos: Sequence[Path], root: Path, kinds: Sequence[str], seed: int, max_steps: int,
+              model: str | None, margin: float, pairs: int = 0, gate: bool = True) -> list[dict]:
+    from qds_lite import load
     from qds_lite.refine import refine
 
     from .baselines import niqe_score
@@ -130,29 +147,19 @@ def run_items(photos: Sequence[Path], root: Path, kinds: Sequence[str], seed: in
             return float("nan")
 
     critic = load(model, backend="onnx")
-    plans = [(p, items_for(p.relative_to(root).as_posix(), kinds, seed, GRID, pairs)) for p in photos]
-    progress = _Progress(sum(len(i) for _, i in plans), "refine")
     records = []
-    try:
-        for path, items in plans:
-            base = prepare_photo(path)
-            for it in items:
-                img = base if it["kind"] is None else synth.apply(base, degradations(it))
-                t = time.perf_counter()
-                r = refine(critic, img, max_steps=max_steps, margin=margin)
-                seconds = time.perf_counter() - t
-                refined = np.asarray(r.image)
-                generic = generic_enhance(img)
-                rec = dict(it, region=list(it["region"]) if it["region"] else None, seconds=seconds,
-                           before=_measure(base, img, r.initial.score, niqe_fn),
-                           refine=_measure(base, refined, r.final.score, niqe_fn),
-                           generic=_measure(base, generic, critic.score(generic).score, niqe_fn),
-                           findings=[[f.type, f.severity, list(f.box)] for f in r.initial.findings],
-                           steps=[s.to_json() for s in r.steps])
-                records.append(rec)
-                progress.update(f"{Path(it['photo']).name} {it['kind'] or 'pristine'} {it['set']}")
-    finally:
-        progress.close()
+    for base, it, img in degraded_items(photos, root, kinds, seed, pairs, "refine"):
+        t = time.perf_counter()
+        r = refine(critic, img, max_steps=max_steps, margin=margin, gate=gate)
+        seconds = time.perf_counter() - t
+        refined = np.asarray(r.image)
+        generic = generic_enhance(img)
+        records.append(dict(it, region=list(it["region"]) if it["region"] else None, seconds=seconds,
+                            before=_measure(base, img, r.initial.score, niqe_fn),
+                            refine=_measure(base, refined, r.final.score, niqe_fn),
+                            generic=_measure(base, generic, critic.score(generic).score, niqe_fn),
+                            findings=[[f.type, f.severity, list(f.box)] for f in r.initial.findings],
+                            steps=[s.to_json() for s in r.steps]))
     return records
 
 
@@ -239,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--margin", type=float, default=None,
                    help="score gain a kept step needs (default: qds_lite.refine.SCORE_MARGIN); for tuning on dev")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-gate", action="store_true",
+                   help="keep the best-scoring edit without the edit gate (qds_lite.refine_gate): the ablation")
     p.add_argument("--pairs", type=int, default=0,
                    help="also N images per photo with two faults of different kinds (reported apart from the bars)")
     p.add_argument("--out", default=str(DEFAULT_OUT))
@@ -256,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = pristine_dir()
     photos = pick_photos(pristine_photos(args.split, root), args.photos)
     margin = SCORE_MARGIN if args.margin is None else args.margin
-    records = run_items(photos, root, kinds, args.seed, args.max_steps, args.model, margin, args.pairs)
+    records = run_items(photos, root, kinds, args.seed, args.max_steps, args.model, margin, args.pairs,
+                        gate=not args.no_gate)
     summary = summarise(records, kinds)
     minutes = (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds() / 60
     command = "python -m benchmarks.refine" + (" " + shlex.join(argv) if argv else "")
@@ -295,7 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc = {"command": command, "started": started.isoformat(), "minutes": minutes, "split": args.split,
            "photos": [p.relative_to(root).as_posix() for p in photos], "kinds": kinds,
            "settings": {"severity_range": SEVERITY_RANGE, "max_steps": args.max_steps, "seed": args.seed,
-                        "margin": margin, "long_side": 768, "improved_if_dssim_over": IMPROVED},
+                        "margin": margin, "gate": not args.no_gate, "long_side": 768,
+                        "improved_if_dssim_over": IMPROVED},
            "summary": summary, "records": records}
     (out / "refine.json").write_text(json.dumps(_jsonable(doc), indent=1) + "\n")
     print(f"wrote {out / 'refine.json'}, {out / 'refine.md'}", file=sys.stderr)

@@ -147,10 +147,14 @@ def explain(photo: str, out: Path, as_html: bool, width: int, backend: str, mode
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the refined photo (never the input); format from the extension.")
 @click.option("--max-steps", type=click.IntRange(1, 16), default=4, show_default=True)
+@click.option("--no-gate", is_flag=True,
+              help="Keep the best-scoring edit without asking the edit gate: bolder, and wrong more often.")
 @click.option("--json", "as_json", is_flag=True, help="The step log and both traces as one JSON object.")
 @_model_options
-def refine(photo: str, out: Path, max_steps: int, as_json: bool, backend: str, model: str | None, zooms: int) -> None:
-    """Improve PHOTO where the critic finds fault; keep each edit only if the score rises and NIQE holds."""
+def refine(photo: str, out: Path, max_steps: int, no_gate: bool, as_json: bool, backend: str, model: str | None,
+           zooms: int) -> None:
+    """Improve PHOTO where the critic finds fault; keep an edit only if the score rises, the edit gate judges it
+    likely to bring the photo closer to what it should be, and NIQE holds."""
     from .atomic import refuse_input_overwrite
     from .refine import refine as refine_photo
     from .refine import write_refined
@@ -161,7 +165,7 @@ def refine(photo: str, out: Path, max_steps: int, as_json: bool, backend: str, m
     except QdsError as e:
         _fail(e)
     try:
-        r = refine_photo(critic, photo, max_steps=max_steps)
+        r = refine_photo(critic, photo, max_steps=max_steps, gate=not no_gate)
     except ImageLoadError as e:
         click.echo(f"qds: {e.message}", err=True)
         sys.exit(1)

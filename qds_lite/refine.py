@@ -1,17 +1,18 @@
 """`qds refine`: diagnosis-guided enhancement (Q-DeepSight's Perceptual-in-Generation), training-free.
 
-The critic's findings choose the next operation and where to apply it; each candidate edit is re-scored and
-kept only when the critic's score rises by a margin and the naturalness guard (NIQE, lower is better) does
-not worsen. The loop stops when no finding's operation helps, or after ``max_steps`` kept edits. A photo with
-no findings is left exactly as it is.
+The critic's findings choose the next operation and where to apply it; each candidate edit is re-scored, and
+among those that raise the critic's score by a margin the one the edit gate (:mod:`qds_lite.refine_gate`)
+rates most likely to bring the photo closer to its original is kept if the gate passes it and the
+naturalness guard (NIQE, lower is better) does not worsen. The loop stops when no finding's operation helps,
+or after ``max_steps`` kept edits. A photo with no findings is left exactly as it is.
 
-Each finding type maps to a kind of fix (:data:`OPERATIONS`) with two strengths, set from the finding's
+Each finding type maps to a kind of fix (:data:`OPERATIONS`) with several strengths, set from the finding's
 severity (the critic's severities are calibrated on the degradations it was trained on) and from measurements
 of the pixels (noise level, white point, percentiles). The critic also reports faults that are not there, and
 its score can be raised by edits that take a photo further from the truth (darker, more contrast, crisper), so
 a fix is only tried where the pixels bear its finding out (thresholds below, set beyond what pristine photos
 measure), each kind of fix is made at most once over the same part of the image (a region at least half
-inside one it was made in counts as the same), and the critic's score then picks the strength.
+inside one it was made in counts as the same), and the gate then picks the strength.
 A local finding is fixed inside its box only, blended in with a feathered mask; one that covers most of the
 image is fixed globally, and so is a tonal or colour finding whose fault the rest of the photo shows too.
 """
@@ -19,6 +20,7 @@ image is fixed globally, and so is a tonal or colour finding whose fault the res
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 import os
@@ -35,6 +37,7 @@ from .atomic import atomic_open
 from .critic import Critic
 from .errors import QdsError
 from .io import LoadedImage, Source, load_image
+from .refine_gate import EditGate, edit_features, overlap
 from .result import Finding, Result, describe_box
 
 Box = tuple[float, float, float, float]
@@ -48,6 +51,7 @@ MIN_NOISE = 2.0  # noise sigma in 8-bit levels, luma or chroma, before denoising
 MAX_RANGE = 205.0  # tonal range in 8-bit levels below which contrast is stretched (254; 2nd percentile 205)
 MIN_CAST = 0.2  # largest white-balance log-gain before correcting a cast (0.09)
 MIN_BLOCKINESS = 1.1  # JPEG 8x8 block-edge contrast ratio before deblocking (1.02; 98th percentile 1.10)
+STRENGTHS = (1.0, 0.6, 0.35)  # an operation's candidates, as fractions of the strength the pixels measure
 GUARD_LONG_SIDE = 1024  # NIQE is measured on a view this large at most (it is a relative check)
 OUTPUT_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
 
@@ -67,6 +71,7 @@ class Step:
     niqe_after: float
     kept: bool
     reason: str  # why it was kept or not, in words
+    p_better: float | None = None  # the gate's P(the edit brings the photo closer to its original); None: no gate
 
     @property
     def where(self) -> str:
@@ -77,6 +82,7 @@ class Step:
                 "region": None if self.region is None else list(self.region), "where": self.where,
                 "score_before": round(self.score_before, 2), "score_after": round(self.score_after, 2),
                 "niqe_before": _round(self.niqe_before), "niqe_after": _round(self.niqe_after),
+                "p_better": _round(self.p_better) if self.p_better is not None else None,
                 "kept": self.kept, "reason": self.reason}
 
 
@@ -106,12 +112,13 @@ Candidate = tuple[str, dict]  # operation name (a function of refine_ops) and it
 
 def _blur_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
     """Wiener deconvolution with a Gaussian kernel somewhat smaller than the severity suggests, and an unsharp
-    mask. A too-large kernel rings and the critic rewards crispness more than fidelity, so the kernel errs small;
-    a Gaussian suits defocus too (a disk of the wrong radius rings far worse), and motion blur, whose direction
-    is not estimated, gets no more than this."""
+    mask, each at two strengths. A too-large kernel rings and the critic rewards crispness more than fidelity,
+    so the kernel errs small; a Gaussian suits defocus too (a disk of the wrong radius rings far worse), and
+    motion blur, whose direction is not estimated, gets no more than this."""
     sigma = 0.7 * (0.2 + 3.3 * f.severity)
     return [("deconvolve", {"kernel": "gaussian", "size": round(sigma, 2), "nsr": 0.02}),
-            ("unsharp", {"sigma": 1.5, "amount": 0.7})]
+            ("deconvolve", {"kernel": "gaussian", "size": round(0.7 * sigma, 2), "nsr": 0.02}),
+            ("unsharp", {"sigma": 1.5, "amount": 0.7}), ("unsharp", {"sigma": 1.5, "amount": 0.35})]
 
 
 def _noise_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
@@ -120,8 +127,7 @@ def _noise_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
     if luma < MIN_NOISE and chroma < MIN_NOISE:
         return []
     h_chroma = max(luma, 2.5 * chroma if chroma >= MIN_NOISE else luma)
-    return [("denoise", {"h_luma": round(luma, 2), "h_chroma": round(h_chroma, 2)}),
-            ("denoise", {"h_luma": round(0.6 * luma, 2), "h_chroma": round(0.6 * h_chroma, 2)})]
+    return [("denoise", {"h_luma": round(k * luma, 2), "h_chroma": round(k * h_chroma, 2)}) for k in STRENGTHS]
 
 
 def _exposure_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
@@ -136,7 +142,7 @@ def _exposure_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
         gain = min(ops.white_gain(rgb), 2.0 ** (0.65 + 2.85 * f.severity))
     if abs(math.log2(gain)) < MIN_EV:
         return []
-    return [("exposure", {"gain": round(gain, 3)}), ("exposure", {"gain": round(math.sqrt(gain), 3)})]
+    return [("exposure", {"gain": round(gain ** k, 3)}) for k in (1.0, 0.75, 0.5)]
 
 
 def _contrast_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
@@ -145,30 +151,30 @@ def _contrast_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
     that have no dark pixels in some channel)."""
     if ops.tonal_range(rgb) > MAX_RANGE:
         return []
-    return [("stretch", {"amount": 1.0}), ("stretch", {"amount": 0.5})]
+    return [("stretch", {"amount": k}) for k in (1.0, 0.75, 0.5)]
 
 
 def _colour_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
     if ops.cast_strength(rgb) < MIN_CAST:
         return []
-    return [("white_balance", {"p": 12.0}), ("white_balance", {"p": 12.0, "amount": 0.6})]
+    return [("white_balance", {"p": 12.0, "amount": k}) for k in STRENGTHS]
 
 
 def _jpeg_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
     if ops.blockiness(rgb) < MIN_BLOCKINESS:
         return []
     h = 1.0 + 6.0 * f.severity
-    return [("deblock", {"h": round(h, 2)}), ("deblock", {"h": round(h / 2, 2)})]
+    return [("deblock", {"h": round(k * h, 2)}) for k in (1.0, 0.5, 0.25)]
 
 
 def _banding_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
-    return [("deband", {"sigma": 1.5, "flat": 4.0}), ("deband", {"sigma": 3.0, "flat": 4.0})]
+    return [("deband", {"sigma": sigma, "flat": 4.0}) for sigma in (3.0, 1.5, 0.8)]
 
 
 def _oversharpen_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
     a = 0.2 + 2.8 * f.severity
     frac = round(a / (1.0 + a), 3)  # removes an unsharp mask of amount a, to first order
-    return [("soften", {"sigma": 2.0, "amount": frac}), ("soften", {"sigma": 2.0, "amount": round(frac / 2, 3)})]
+    return [("soften", {"sigma": 2.0, "amount": round(k * frac, 3)}) for k in (1.0, 0.75, 0.5)]
 
 
 OPERATIONS: dict[str, Callable[[Finding, np.ndarray], list[Candidate]]] = {
@@ -181,12 +187,15 @@ OPERATIONS: dict[str, Callable[[Finding, np.ndarray], list[Candidate]]] = {
 
 # --- the loop --------------------------------------------------------------------------------------
 def refine(critic: Critic, source: Source | LoadedImage, *, max_steps: int = 4, margin: float = SCORE_MARGIN,
-           niqe_slack: float = NIQE_SLACK) -> Refinement:
+           niqe_slack: float = NIQE_SLACK, gate: EditGate | bool = True) -> Refinement:
     """Improve ``source`` step by step where the critic finds fault; see the module docstring.
 
     ``max_steps`` bounds the kept edits; ``margin`` is the score gain a step must bring (0-100 scale);
-    ``niqe_slack`` how much NIQE may rise. Needs OpenCV (the ``refine`` extra) once there is something to fix.
+    ``niqe_slack`` how much NIQE may rise; ``gate`` judges which edit to keep (True: the shipped
+    :mod:`~qds_lite.refine_gate`, False: none, the best-scoring edit). Needs OpenCV (the ``refine`` extra) once
+    there is something to fix.
     """
+    gate = default_gate() if gate is True else (gate or None)
     if max_steps < 0:
         raise QdsError(f"max_steps must be 0 or more, not {max_steps}")
     loaded = source if isinstance(source, LoadedImage) else load_image(source)
@@ -205,12 +214,13 @@ def refine(critic: Critic, source: Source | LoadedImage, *, max_steps: int = 4, 
             if plan is None or (plan, region) in tried or any(p is plan and _covers(r, region) for p, r in done):
                 continue
             tried.add((plan, region))
-            candidates = [(region, name, params) for name, params in plan(finding, _crop(rgb, region))]
+            candidates = plan(finding, _crop(rgb, region))
             if not candidates:  # the pixels do not bear the finding out
                 continue
             if nat is None:
                 nat = _naturalness(rgb)
-            step, edited, res, nat_after = _try(critic, rgb, result, nat, finding, candidates, margin, niqe_slack)
+            step, edited, res, nat_after = _try(critic, rgb, result, nat, finding, region, candidates, margin,
+                                                niqe_slack, gate)
             steps.append(step)
             if step.kept:
                 rgb, result, nat, kept = edited, res, nat_after, kept + 1
@@ -221,6 +231,12 @@ def refine(critic: Critic, source: Source | LoadedImage, *, max_steps: int = 4, 
     final = dataclasses.replace(result, file=initial.file)
     image = loaded.full if not kept and isinstance(loaded.full, Image.Image) else Image.fromarray(rgb)
     return Refinement(image=image, steps=tuple(steps), initial=initial, final=final, source_path=path)
+
+
+@functools.cache
+def default_gate() -> EditGate:
+    """The shipped edit gate (package data), read once."""
+    return EditGate.load()
 
 
 def _fault_region(finding: Finding, rgb: np.ndarray) -> Box | None:
@@ -259,32 +275,56 @@ def _covers(made: Box | None, region: Box | None) -> bool:
     """Whether an edit made in ``made`` covers at least half of ``region`` (None: the whole image). After an
     edit the critic's box for the same fault often shifts by a cell; fixing it again there compounds the
     edit (a second white balance inside the first one's box took a clean photo's SSIM from 0.990 to 0.964)."""
-    a, b = made or (0.0, 0.0, 1.0, 1.0), region or (0.0, 0.0, 1.0, 1.0)
-    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    return inter >= 0.5 * (b[2] - b[0]) * (b[3] - b[1])
+    return overlap(made, region) >= 0.5
 
 
-def _try(critic: Critic, rgb: np.ndarray, result: Result, nat: float, finding: Finding,
-         candidates: list[tuple[Box | None, str, dict]], margin: float, slack: float
-         ) -> tuple[Step, np.ndarray, Result, float]:
-    """Apply every candidate edit; the best-scoring one that passes both checks wins."""
-    tried = []
-    for region, name, params in candidates:
+@dataclass(frozen=True)
+class Tried:
+    """One candidate edit, applied and re-scored, with what the gate reads of it."""
+
+    op: str
+    params: dict
+    edited: np.ndarray
+    result: Result
+    features: dict[str, float]
+
+
+def try_candidates(critic: Critic, rgb: np.ndarray, result: Result, finding: Finding, region: Box | None,
+                   candidates: list[Candidate]) -> list[Tried]:
+    """Apply each of ``finding``'s candidate edits (strongest first) to ``region`` and re-score it."""
+    out = []
+    for rank, (name, params) in enumerate(candidates):
         edited = _edit(rgb, region, name, params)
-        tried.append((critic.score(edited), region, name, params, edited))
-    tried.sort(key=lambda t: -t[0].score)
-    best_score, region, name, params = tried[0][0].score, *tried[0][1:4]
-    nat_after, reason = float("nan"), f"score {best_score - result.score:+.1f} < +{margin:g}"
-    for res, region, name, params, edited in tried:
-        if res.score < result.score + margin:
-            break
-        nat_after = _naturalness(edited)
+        res = critic.score(edited)
+        feats = edit_features(finding, region, name, rank, len(candidates), result, res, rgb, edited)
+        out.append(Tried(name, params, edited, res, feats))
+    return out
+
+
+def _try(critic: Critic, rgb: np.ndarray, result: Result, nat: float, finding: Finding, region: Box | None,
+         candidates: list[Candidate], margin: float, slack: float, gate: EditGate | None
+         ) -> tuple[Step, np.ndarray, Result, float]:
+    """Apply every candidate edit; among those that raise the score by ``margin``, the one the gate rates most
+    likely to bring the photo closer to its original wins if the gate passes it and NIQE does not object
+    (without a gate: the best-scoring one that NIQE does not object to)."""
+    tried = try_candidates(critic, rgb, result, finding, region, candidates)
+    rate = (lambda t: gate.probability(t.features)) if gate is not None else (lambda t: t.result.score)
+    rising = sorted((t for t in tried if t.result.score >= result.score + margin), key=rate, reverse=True)
+    top = rising[0] if rising else max(tried, key=lambda t: t.result.score)
+    p = gate.probability(top.features) if gate is not None else None
+    nat_after, reason = float("nan"), f"score {top.result.score - result.score:+.1f} < +{margin:g}"
+    if rising and p is not None and p < gate.threshold:
+        rising, reason = [], f"score {top.result.score - result.score:+.1f}, P(better) {p:.2f} < {gate.threshold:g}"
+    for t in rising[:1] if gate is not None else rising:
+        nat_after = _naturalness(t.edited)
+        gain = f"score {t.result.score - result.score:+.1f}" + ("" if p is None else f", P(better) {p:.2f}")
         if not nat_after > nat + slack:  # NaN (no guard possible) passes
-            step = Step(finding.type, name, params, region, result.score, res.score, nat, nat_after, True,
-                        f"score {res.score - result.score:+.1f}, NIQE {nat_after - nat:+.2f}")
-            return step, edited, res, nat_after
-        best_score, reason = res.score, f"NIQE {nat_after - nat:+.2f} > +{slack:g}"
-    step = Step(finding.type, name, params, region, result.score, best_score, nat, nat_after, False, reason)
+            step = Step(finding.type, t.op, t.params, region, result.score, t.result.score, nat, nat_after, True,
+                        f"{gain}, NIQE {nat_after - nat:+.2f}", p)
+            return step, t.edited, t.result, nat_after
+        top, reason = t, f"{gain}, NIQE {nat_after - nat:+.2f} > +{slack:g}"
+    step = Step(finding.type, top.op, top.params, region, result.score, top.result.score, nat, nat_after, False,
+                reason, p)
     return step, rgb, result, nat
 
 

@@ -210,6 +210,9 @@ def test_explain_compare_and_refine_commands(tmp_path):
     doc = json.loads(r.stdout)
     assert r.exit_code == 0 and doc["score_after"] > doc["score_before"]
     assert all(s["score_after"] > s["score_before"] for s in doc["steps"] if s["kept"])
+    assert all(s["p_better"] is not None for s in doc["steps"] if s["kept"])  # the edit gate judged them
+    r = run("refine", dark, "-o", str(tmp_path / "bold.jpg"), "--json", "--no-gate")
+    assert r.exit_code == 0 and all(s["p_better"] is None for s in json.loads(r.stdout)["steps"])
     assert run("refine", dark, "-o", dark).exit_code == 2
     assert run("refine", str(tmp_path / "missing.jpg"), "-o", str(tmp_path / "o.jpg")).exit_code == 1
 
