@@ -100,14 +100,14 @@ class EditGate:
                 raise ValueError("weights, mean and scale must have one value per feature")
             return cls(names, *arrays, float(doc["bias"]), float(doc["threshold"]), doc.get("info", {}))
         except (KeyError, TypeError, ValueError) as e:
-            raise ModelError(f"refine gate: {e}") from None
+            raise ModelError(f"refine gate: {e}", hint="reinstall qds-lite, or refine with --no-gate") from None
 
     @classmethod
     def load(cls, path: str | Path = GATE_PATH) -> EditGate:
         try:
             return cls.from_json(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError) as e:
-            raise ModelError(f"refine gate {path}: {e}") from None
+            raise ModelError(f"refine gate {path}: {e}", hint="reinstall qds-lite, or refine with --no-gate") from None
 
 
 def fit(rows: Sequence[Mapping[str, float]], labels: Sequence[bool], *, names: Sequence[str] | None = None,

@@ -90,8 +90,9 @@ def test_a_malformed_gate_is_a_clear_error(tmp_path):
     bad.write_text("{")
     with pytest.raises(ModelError, match="refine gate"):
         EditGate.load(bad)
-    with pytest.raises(ModelError, match="refine gate"):
+    with pytest.raises(ModelError, match="refine gate") as err:
         EditGate.load(tmp_path / "missing.json")
+    assert "--no-gate" in err.value.hint  # what the user can do about it
 
 
 def test_the_shipped_gate_reads_exactly_the_features_refine_computes():
