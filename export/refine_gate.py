@@ -1,7 +1,8 @@
 """Fit the edit gate of `qds refine` (:mod:`qds_lite.refine_gate`) on synthetic degradations of held-in photos.
 
-    python -m export.refine_gate collect --split train [--photos 40] [--shard 0/2] --out build/refine-gate/train-0.json
-    python -m export.refine_gate collect --split dev --photos 20 --out build/refine-gate/dev.json
+    python -m export.refine_gate collect --split train --photos 60 --shard 0/2 --out build/refine-gate/train-0.json
+    python -m export.refine_gate collect --split train --photos 60 --shard 1/2 --out build/refine-gate/train-1.json
+    python -m export.refine_gate collect --split dev --photos 26 --out build/refine-gate/dev.json
     python -m export.refine_gate fit --train build/refine-gate/train-*.json --dev build/refine-gate/dev.json \\
         [--threshold 0.5] [--l2 1] [--cross FEATURE ...] [--out qds_lite/data/refine_gate.json]
 
@@ -10,21 +11,23 @@ kind, global and on a quarter: ``benchmarks.refine.items_for``, with its own see
 find their faults, and applies *every* candidate edit of every finding refine would try first, recording
 what the gate reads of each (:func:`qds_lite.refine_gate.edit_features`) and whether the edit raised SSIM
 against the pristine photo (the label). ``fit`` fits the logistic gate on the train rows and reports, on the
-dev rows (photos it never saw), its log-loss and accuracy next to the rule it replaces (keep the best-scoring
-edit), and what refine's first step would do to dev images under the gate at each threshold.
+dev rows (photos it never saw), its log-loss and accuracy at its threshold, and what refine's first step
+would do to dev images under the gate at each threshold next to the rule it replaces (keep the
+best-scoring edit). The rows come from first steps at the benchmark's 768 px; refine applies the gate at
+every step and at any size.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-IMPROVED = 1e-4  # SSIM gain that counts as closer to the original (benchmarks.refine's)
 COLLECT_SEED = 7  # degradations differ from the refine benchmark's (seed 0) even on the same photo
 
 
@@ -43,14 +46,9 @@ def collect(split: str, photos: int, shard: tuple[int, int], out: Path, model: s
     records = []
     for base, it, img in degraded_items(chosen, root, list(synth.KINDS), COLLECT_SEED, label=f"collect {split}"):
         before, s0 = critic.score(img), ssim(base, img)
-        findings, seen = [], set()
-        for f in before.findings:
-            plan = R.OPERATIONS.get(f.type)
-            region = R._fault_region(f, img)
-            if plan is None or (plan, region) in seen:
-                continue
-            seen.add((plan, region))
-            tried = R.try_candidates(critic, img, before, f, region, plan(f, R._crop(img, region)))
+        findings = []
+        for f, plan, region in R.fixes(before, img):
+            tried = R.try_candidates(critic, img, before, f, region, R.candidate_edits(f, plan, img, region))
             findings.append([{"op": t.op, "score": t.result.score, "features": t.features,
                               "dssim": ssim(base, t.edited) - s0} for t in tried])
         records.append({"photo": it["photo"], "kind": it["kind"], "set": it["set"], "score": before.score,
@@ -60,14 +58,18 @@ def collect(split: str, photos: int, shard: tuple[int, int], out: Path, model: s
 
 
 def _rows(records: Sequence[dict]) -> tuple[list[dict], list[bool]]:
+    from benchmarks.refine import IMPROVED
+
     rows = [c for r in records for f in r["findings"] for c in f]
     return [c["features"] for c in rows], [c["dssim"] > IMPROVED for c in rows]
 
 
-def first_step(records: Sequence[dict], choose, margin: float) -> dict:
+def first_step(records: Sequence[dict], choose: Callable[[list[dict]], dict | None], margin: float) -> dict:
     """What refine's first step does to each item when ``choose(candidates)`` picks the edit to keep (or None)
     among those of a finding that raise the score by ``margin``: shares of degraded items closer to / further
     from the original, and the largest SSIM drop on a pristine one. NIQE's guard is left out."""
+    from benchmarks.refine import IMPROVED
+
     gains = {"degraded": [], "pristine": []}
     for r in records:
         d = 0.0
@@ -77,7 +79,7 @@ def first_step(records: Sequence[dict], choose, margin: float) -> dict:
                 d = pick["dssim"]
                 break
         gains["pristine" if r["kind"] is None else "degraded"].append(d)
-    g, p = np.array(gains["degraded"]), np.array(gains["pristine"] or [0.0])
+    g, p = np.array(gains["degraded"] or [0.0]), np.array(gains["pristine"] or [0.0])
     return {"improved": float((g > IMPROVED).mean()), "worse": float((g < -IMPROVED).mean()),
             "pristine_max_drop": float(max(0.0, -p.min()))}
 
@@ -97,7 +99,7 @@ def fit_gate(train: Sequence[Path], dev: Path, threshold: float, l2: float, cros
     p = np.clip([gate.probability(f) for f in xd], 1e-6, 1 - 1e-6)
     yd = np.asarray(yd, float)
     held_out = {"rows": len(yd), "log_loss": float(-np.mean(yd * np.log(p) + (1 - yd) * np.log(1 - p))),
-                "accuracy": float(np.mean((p >= 0.5) == (yd > 0))), "base_rate": float(yd.mean())}
+                "accuracy": float(np.mean((p >= threshold) == (yd > 0))), "base_rate": float(yd.mean())}
 
     def by_score(cands):
         return max(cands, key=lambda c: c["score"]) if cands else None
@@ -115,7 +117,7 @@ def fit_gate(train: Sequence[Path], dev: Path, threshold: float, l2: float, cros
         sweep[f"gate >= {t:g}"] = first_step(dev_records, by_gate(t), SCORE_MARGIN)
     info = {"command": command, "train_rows": len(y), "train_photos": len({r["photo"] for r in train_records}),
             "dev_photos": len({r["photo"] for r in dev_records}), "dev": held_out, "dev_first_step": sweep}
-    gate = type(gate)(gate.names, gate.mean, gate.scale, gate.weights, gate.bias, threshold, info)
+    gate = dataclasses.replace(gate, info=info)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(gate.to_json(), indent=1) + "\n")
     return info
@@ -127,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("collect", help="score every first-step candidate edit on synthetic degradations")
     c.add_argument("--split", default="train", choices=("train", "dev"))
-    c.add_argument("--photos", type=int, default=40)
+    c.add_argument("--photos", type=int, default=60)
     c.add_argument("--shard", default="0/1", help="K/N: this process takes every N-th photo from the K-th")
     c.add_argument("--model", default=None)
     c.add_argument("--out", type=Path, required=True)

@@ -12,7 +12,7 @@ of the pixels (noise level, white point, percentiles). The critic also reports f
 its score can be raised by edits that take a photo further from the truth (darker, more contrast, crisper), so
 a fix is only tried where the pixels bear its finding out (thresholds below, set beyond what pristine photos
 measure), each kind of fix is made at most once over the same part of the image (a region at least half
-inside one it was made in counts as the same), and the gate then picks the strength.
+inside one it was made in counts as the same), and the gate (without it, the score) then picks the strength.
 A local finding is fixed inside its box only, blended in with a feathered mask; one that covers most of the
 image is fixed globally, and so is a tonal or colour finding whose fault the rest of the photo shows too.
 """
@@ -25,7 +25,7 @@ import io
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +51,7 @@ MIN_NOISE = 2.0  # noise sigma in 8-bit levels, luma or chroma, before denoising
 MAX_RANGE = 205.0  # tonal range in 8-bit levels below which contrast is stretched (254; 2nd percentile 205)
 MIN_CAST = 0.2  # largest white-balance log-gain before correcting a cast (0.09)
 MIN_BLOCKINESS = 1.1  # JPEG 8x8 block-edge contrast ratio before deblocking (1.02; 98th percentile 1.10)
-STRENGTHS = (1.0, 0.6, 0.35)  # an operation's candidates, as fractions of the strength the pixels measure
+STRENGTHS = (1.0, 0.6, 0.35)  # denoising and white balance: fractions of the strength the pixels measure
 GUARD_LONG_SIDE = 1024  # NIQE is measured on a view this large at most (it is a relative check)
 OUTPUT_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
 
@@ -146,9 +146,9 @@ def _exposure_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
 
 
 def _contrast_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
-    """Percentile stretch, and half of it, where the tones do not span the range (low contrast and haze alike:
-    the critic mixes them up, and per-channel black points, the textbook dehaze, shift the colours of photos
-    that have no dark pixels in some channel)."""
+    """Percentile stretch, in full, three quarters and half, where the tones do not span the range (low
+    contrast and haze alike: the critic mixes them up, and per-channel black points, the textbook dehaze,
+    shift the colours of photos that have no dark pixels in some channel)."""
     if ops.tonal_range(rgb) > MAX_RANGE:
         return []
     return [("stretch", {"amount": k}) for k in (1.0, 0.75, 0.5)]
@@ -195,7 +195,6 @@ def refine(critic: Critic, source: Source | LoadedImage, *, max_steps: int = 4, 
     :mod:`~qds_lite.refine_gate`, False: none, the best-scoring edit). Needs OpenCV (the ``refine`` extra) once
     there is something to fix.
     """
-    gate = default_gate() if gate is True else (gate or None)
     if max_steps < 0:
         raise QdsError(f"max_steps must be 0 or more, not {max_steps}")
     loaded = source if isinstance(source, LoadedImage) else load_image(source)
@@ -207,20 +206,17 @@ def refine(critic: Critic, source: Source | LoadedImage, *, max_steps: int = 4, 
     kept = 0
     done: list[tuple[Callable, Box | None]] = []  # (kind of fix, region) made: never again over most of it
     while kept < max_steps and result.findings:
-        tried: set[tuple[Callable, Box | None]] = set()  # a repeated finding is tried once per round
-        for finding in result.findings:
-            plan = OPERATIONS.get(finding.type)
-            region = _fault_region(finding, rgb)
-            if plan is None or (plan, region) in tried or any(p is plan and _covers(r, region) for p, r in done):
+        for finding, plan, region in fixes(result, rgb):
+            if any(p is plan and _covers(r, region) for p, r in done):
                 continue
-            tried.add((plan, region))
-            candidates = plan(finding, _crop(rgb, region))
+            candidates = candidate_edits(finding, plan, rgb, region)
             if not candidates:  # the pixels do not bear the finding out
                 continue
             if nat is None:
                 nat = _naturalness(rgb)
+            judge = default_gate() if gate is True else gate if isinstance(gate, EditGate) else None
             step, edited, res, nat_after = _try(critic, rgb, result, nat, finding, region, candidates, margin,
-                                                niqe_slack, gate)
+                                                niqe_slack, judge)
             steps.append(step)
             if step.kept:
                 rgb, result, nat, kept = edited, res, nat_after, kept + 1
@@ -231,6 +227,24 @@ def refine(critic: Critic, source: Source | LoadedImage, *, max_steps: int = 4, 
     final = dataclasses.replace(result, file=initial.file)
     image = loaded.full if not kept and isinstance(loaded.full, Image.Image) else Image.fromarray(rgb)
     return Refinement(image=image, steps=tuple(steps), initial=initial, final=final, source_path=path)
+
+
+def fixes(result: Result, rgb: np.ndarray) -> Iterator[tuple[Finding, Callable, Box | None]]:
+    """Each of ``result``'s findings refine can act on, in the critic's order, with its kind of fix
+    (:data:`OPERATIONS`) and where to make it (:func:`_fault_region`); a kind of fix once per region."""
+    seen: set[tuple[Callable, Box | None]] = set()
+    for finding in result.findings:
+        plan = OPERATIONS.get(finding.type)
+        region = _fault_region(finding, rgb)
+        if plan is not None and (plan, region) not in seen:
+            seen.add((plan, region))
+            yield finding, plan, region
+
+
+def candidate_edits(finding: Finding, plan: Callable, rgb: np.ndarray, region: Box | None) -> list[Candidate]:
+    """The edits ``plan`` proposes for ``finding`` in ``region``, measured where the edit acts in full;
+    none when the pixels there do not bear the finding out."""
+    return plan(finding, _crop(rgb, region))
 
 
 @functools.cache
@@ -304,26 +318,30 @@ def try_candidates(critic: Critic, rgb: np.ndarray, result: Result, finding: Fin
 def _try(critic: Critic, rgb: np.ndarray, result: Result, nat: float, finding: Finding, region: Box | None,
          candidates: list[Candidate], margin: float, slack: float, gate: EditGate | None
          ) -> tuple[Step, np.ndarray, Result, float]:
-    """Apply every candidate edit; among those that raise the score by ``margin``, the one the gate rates most
-    likely to bring the photo closer to its original wins if the gate passes it and NIQE does not object
-    (without a gate: the best-scoring one that NIQE does not object to)."""
+    """Apply every candidate edit; among those that raise the score by ``margin`` (and, with a gate, that it
+    passes), the first in order of the gate's P (without a gate: of score) that NIQE does not object to wins."""
     tried = try_candidates(critic, rgb, result, finding, region, candidates)
-    rate = (lambda t: gate.probability(t.features)) if gate is not None else (lambda t: t.result.score)
-    rising = sorted((t for t in tried if t.result.score >= result.score + margin), key=rate, reverse=True)
-    top = rising[0] if rising else max(tried, key=lambda t: t.result.score)
-    p = gate.probability(top.features) if gate is not None else None
-    nat_after, reason = float("nan"), f"score {top.result.score - result.score:+.1f} < +{margin:g}"
-    if rising and p is not None and p < gate.threshold:
-        rising, reason = [], f"score {top.result.score - result.score:+.1f}, P(better) {p:.2f} < {gate.threshold:g}"
-    for t in rising[:1] if gate is not None else rising:
+    rising = [t for t in tried if t.result.score >= result.score + margin]
+    if gate is None:
+        ranked = [(t, None) for t in sorted(rising, key=lambda t: t.result.score, reverse=True)]
+    else:
+        ranked = sorted(((t, gate.probability(t.features)) for t in rising), key=lambda tp: tp[1], reverse=True)
+    top, p = ranked[0] if ranked else (max(tried, key=lambda t: t.result.score), None)
+    nat_top, reason = float("nan"), f"score {top.result.score - result.score:+.1f} < +{margin:g}"
+    if gate is not None and ranked and p < gate.threshold:
+        reason = f"score {top.result.score - result.score:+.1f}, P(better) {p:.2f} < {gate.threshold:g}"
+    for t, p_t in ranked:
+        if p_t is not None and p_t < gate.threshold:
+            break
         nat_after = _naturalness(t.edited)
-        gain = f"score {t.result.score - result.score:+.1f}" + ("" if p is None else f", P(better) {p:.2f}")
+        gain = f"score {t.result.score - result.score:+.1f}" + ("" if p_t is None else f", P(better) {p_t:.2f}")
         if not nat_after > nat + slack:  # NaN (no guard possible) passes
             step = Step(finding.type, t.op, t.params, region, result.score, t.result.score, nat, nat_after, True,
-                        f"{gain}, NIQE {nat_after - nat:+.2f}", p)
+                        f"{gain}, NIQE {nat_after - nat:+.2f}", p_t)
             return step, t.edited, t.result, nat_after
-        top, reason = t, f"{gain}, NIQE {nat_after - nat:+.2f} > +{slack:g}"
-    step = Step(finding.type, top.op, top.params, region, result.score, top.result.score, nat, nat_after, False,
+        if t is top:
+            nat_top, reason = nat_after, f"{gain}, NIQE {nat_after - nat:+.2f} > +{slack:g}"
+    step = Step(finding.type, top.op, top.params, region, result.score, top.result.score, nat, nat_top, False,
                 reason, p)
     return step, rgb, result, nat
 

@@ -22,13 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelError
-from .protocol import FINDING_TYPES
 from .result import Finding, Result
 
 GATE_PATH = Path(__file__).resolve().parent / "data" / "refine_gate.json"
 OPS = ("denoise", "deblock", "deconvolve", "unsharp", "exposure", "stretch", "white_balance", "deband", "soften")
+# The finding that chose an edit, where its operation does not already say it (blur, motion blur and defocus
+# share deconvolution and unsharp masking; over- and underexposure, exposure; low contrast and haze, stretch).
+SHARED_OP_FINDINGS = ("blur", "motion_blur", "defocus", "overexposure", "underexposure", "low_contrast", "haze")
 FEATURES = ("gain", "score_before", "severity", "area", "milder", "change", "still_found", "new_faults",
-            "faults_after", *(f"op={o}" for o in OPS), *(f"finding={t}" for t in FINDING_TYPES))
+            "faults_after", *(f"op={o}" for o in OPS), *(f"finding={t}" for t in SHARED_OP_FINDINGS))
 Box = tuple[float, float, float, float]
 
 
@@ -41,8 +43,9 @@ def overlap(a: Box | None, b: Box | None) -> float:
 
 def edit_features(finding: Finding, region: Box | None, op: str, rank: int, n_candidates: int,
                   before: Result, after: Result, rgb: np.ndarray, edited: np.ndarray) -> dict[str, float]:
-    """What the gate reads about one candidate edit: ``op`` (the ``rank``-th strongest of ``n_candidates``
-    for ``finding``, applied to ``region``) turned ``rgb`` scored ``before`` into ``edited`` scored ``after``."""
+    """What the gate reads about one candidate edit: ``op``, the ``rank``-th of ``finding``'s ``n_candidates``
+    (strongest first within each operation; for blur, both deconvolutions before both unsharp masks), applied
+    to ``region``, turned ``rgb`` scored ``before`` into ``edited`` scored ``after``."""
     area = 1.0 if region is None else (region[2] - region[0]) * (region[3] - region[1])
     still = any(f.type == finding.type and overlap(f.box, region) >= 0.5 for f in after.findings)
     types_before, types_after = {f.type for f in before.findings}, {f.type for f in after.findings}
@@ -52,14 +55,14 @@ def edit_features(finding: Finding, region: Box | None, op: str, rank: int, n_ca
         "score_before": before.score,
         "severity": finding.severity,
         "area": area,
-        "milder": rank / max(n_candidates - 1, 1),  # 0: the strongest candidate of its finding, 1: the mildest
-        "change": math.log1p(change / area),  # mean absolute change inside the edited region, 8-bit levels
+        "milder": rank / max(n_candidates - 1, 1),  # 0: the first candidate of its finding, 1: the last
+        "change": math.log1p(change / area),  # mean absolute change over the image, per pixel of the region
         "still_found": float(still),  # the critic still reports this fault over most of the edited region
         "new_faults": float(len(types_after - types_before)),
         "faults_after": float(len(after.findings)),
     }
     feats |= {f"op={o}": float(op == o) for o in OPS}
-    feats |= {f"finding={t}": float(finding.type == t) for t in FINDING_TYPES}
+    feats |= {f"finding={t}": float(finding.type == t) for t in SHARED_OP_FINDINGS}
     return feats
 
 
@@ -69,7 +72,7 @@ def _value(features: Mapping[str, float], name: str) -> float:
     return math.prod(features[n] for n in name.split("*"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EditGate:
     """A fitted gate: P(closer to the original) = sigmoid(bias + weights . (features - mean) / scale), the
     features named by ``names`` (:func:`edit_features`' and products of them)."""
@@ -84,7 +87,8 @@ class EditGate:
 
     def probability(self, features: Mapping[str, float]) -> float:
         x = (np.array([_value(features, n) for n in self.names], np.float64) - self.mean) / self.scale
-        return float(1.0 / (1.0 + math.exp(-(self.bias + float(x @ self.weights)))))
+        logit = self.bias + float(x @ self.weights)
+        return 1.0 / (1.0 + math.exp(-logit)) if logit >= 0 else math.exp(logit) / (1.0 + math.exp(logit))
 
     def to_json(self) -> dict:
         return {"names": list(self.names), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
@@ -98,6 +102,9 @@ class EditGate:
             arrays = [np.asarray(doc[k], np.float64) for k in ("mean", "scale", "weights")]
             if any(a.shape != (len(names),) for a in arrays):
                 raise ValueError("weights, mean and scale must have one value per feature")
+            unknown = {f for n in names for f in n.split("*")} - set(FEATURES)
+            if unknown:
+                raise ValueError(f"features this runtime does not compute: {sorted(unknown)}")
             return cls(names, *arrays, float(doc["bias"]), float(doc["threshold"]), doc.get("info", {}))
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"refine gate: {e}", hint="reinstall qds-lite, or refine with --no-gate") from None

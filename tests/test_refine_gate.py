@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def test_features_say_whether_the_fault_is_still_found_and_what_is_new():
     assert fixed["milder"] == 1.0 and fixed["area"] == pytest.approx(0.25)
     assert fixed["change"] == pytest.approx(np.log1p(8.0))  # per pixel of the region, not of the image
     assert fixed["op=denoise"] == 1.0 and sum(fixed[f"op={o}"] for o in OPS) == 1.0
-    assert fixed["finding=noise"] == 1.0 and tuple(fixed) == FEATURES
+    assert "finding=noise" not in fixed and tuple(fixed) == FEATURES  # denoising says it: no second column
     worse = edit_features(noise, noise.box, "denoise", 0, 3, before,
                           _result(45.0, _finding("noise", (0.25, 0.0, 0.5, 0.5)), _finding("blur")), rgb, edited)
     assert worse["still_found"] == 1.0  # the same type over at least half of the edited region
@@ -55,14 +56,14 @@ def test_features_say_whether_the_fault_is_still_found_and_what_is_new():
 
 def test_fit_learns_a_separable_rule_and_round_trips_through_json(tmp_path):
     rng = np.random.default_rng(0)
-    rows = [{"gain": float(g), "change": float(c), "noise": float(n)}
+    rows = [{"gain": float(g), "change": float(c), "severity": float(n)}
             for g, c, n in rng.normal(size=(400, 3)) * [5.0, 1.0, 1.0] + [2.0, 1.0, 0.0]]
     labels = [r["gain"] - 4 * r["change"] > -2 for r in rows]
     gate = fit(rows[:300], labels[:300], threshold=0.6, info={"why": "test"})
     held = np.mean([(gate.probability(r) >= 0.5) == y for r, y in zip(rows[300:], labels[300:])])
     assert held > 0.9
     assert gate.weights[gate.names.index("gain")] > 0 > gate.weights[gate.names.index("change")]
-    assert abs(gate.weights[gate.names.index("noise")]) < 0.5 * abs(gate.weights[gate.names.index("gain")])
+    assert abs(gate.weights[gate.names.index("severity")]) < 0.5 * abs(gate.weights[gate.names.index("gain")])
     path = tmp_path / "gate.json"
     path.write_text(json.dumps(gate.to_json()))
     again = EditGate.load(path)
@@ -116,7 +117,10 @@ def test_refine_keeps_nothing_the_gate_refuses():
     never = EditGate(shipped.names, shipped.mean, shipped.scale, shipped.weights, shipped.bias, 1.01, {})
     r = refine(critic, DATA / "coffee_dark.jpg", gate=never)
     assert not r.changed and r.steps
-    assert all("P(better)" in s.reason and s.p_better is not None for s in r.steps if s.score_after > s.score_before)
+    from qds_lite.refine import SCORE_MARGIN
+
+    rising = [s for s in r.steps if s.score_after >= s.score_before + SCORE_MARGIN]
+    assert rising and all("P(better)" in s.reason and s.p_better is not None for s in rising)
     kept = refine(critic, DATA / "coffee_dark.jpg")  # the shipped gate lets the plain fix through
     assert kept.changed and all(s.p_better >= shipped.threshold for s in kept.steps if s.kept)
     plain = refine(critic, DATA / "coffee_dark.jpg", gate=False)
@@ -174,3 +178,52 @@ def test_fit_gate_writes_a_gate_that_learned_which_edits_help(tmp_path):
     assert info["dev"]["accuracy"] == 1.0
     sweep = info["dev_first_step"]
     assert sweep["gate >= 0.5"]["worse"] == 0.0 < sweep["best score (no gate)"]["worse"]
+
+
+class _BrightnessCritic:
+    """Scores a photo by its mean level: every brightening raises the score, the strongest the most."""
+
+    def score(self, rgb: np.ndarray) -> Result:
+        return _result(float(np.asarray(rgb, np.float64).mean()))
+
+
+def _gate_preferring_milder() -> EditGate:
+    return EditGate(("milder",), np.zeros(1), np.ones(1), np.array([5.0]), -1.0, 0.5, {})
+
+
+def test_the_gate_not_the_score_chooses_and_a_niqe_veto_falls_through_to_its_next_choice(monkeypatch):
+    from qds_lite import refine as R
+
+    rgb = np.full((64, 64, 3), 60, np.uint8)
+    finding = _finding("underexposure", box=(0.0, 0.0, 1.0, 1.0))
+    gains = [("exposure", {"gain": g}) for g in (4.0, 2.0, 1.5)]  # strongest first
+    before = _result(60.0, finding)
+    monkeypatch.setattr(R, "_naturalness", lambda img: 0.0)
+    step, *_ = R._try(_BrightnessCritic(), rgb, before, 0.0, finding, None, gains, 0.5, 0.3, None)
+    assert step.kept and step.params == {"gain": 4.0} and step.p_better is None  # no gate: the best score
+    gate = _gate_preferring_milder()
+    step, *_ = R._try(_BrightnessCritic(), rgb, before, 0.0, finding, None, gains, 0.5, 0.3, gate)
+    assert step.kept and step.params == {"gain": 1.5} and step.p_better > 0.9  # the gate's pick, not the score's
+    mildest = float(R._edit(rgb, None, "exposure", {"gain": 1.5}).mean())
+    monkeypatch.setattr(R, "_naturalness", lambda img: 5.0 if abs(float(img.mean()) - mildest) < 1e-9 else 0.0)
+    step, *_ = R._try(_BrightnessCritic(), rgb, before, 0.0, finding, None, gains, 0.5, 0.3, gate)
+    assert step.kept and step.params == {"gain": 2.0}  # NIQE vetoed the gate's first choice: its second
+    strict = dataclasses.replace(gate, threshold=0.99)
+    step, *_ = R._try(_BrightnessCritic(), rgb, before, 0.0, finding, None, gains, 0.5, 0.3, strict)
+    assert not step.kept and "P(better)" in step.reason and step.p_better is not None
+    dark = _result(1000.0, finding)  # nothing can raise this score: the gate had no say
+    step, *_ = R._try(_BrightnessCritic(), rgb, dark, 0.0, finding, None, gains, 0.5, 0.3, gate)
+    assert not step.kept and step.p_better is None and "<" in step.reason
+
+
+def test_a_gate_asking_for_a_feature_the_runtime_lacks_is_refused(tmp_path):
+    bad = tmp_path / "gate.json"
+    bad.write_text(json.dumps({"names": ["gain", "bogus*gain"], "mean": [0, 0], "scale": [1, 1],
+                               "weights": [1, 1], "bias": 0, "threshold": 0.5}))
+    with pytest.raises(ModelError, match="bogus"):
+        EditGate.load(bad)
+
+
+def test_probability_does_not_overflow():
+    gate = EditGate(("gain",), np.zeros(1), np.ones(1), np.array([1.0]), 0.0, 0.5, {})
+    assert gate.probability({"gain": -1e6}) == 0.0 and gate.probability({"gain": 1e6}) == 1.0
