@@ -167,7 +167,7 @@ def refine(photo: str, out: Path, max_steps: int, no_gate: bool, as_json: bool, 
     try:
         r = refine_photo(critic, photo, max_steps=max_steps, gate=not no_gate)
     except ImageLoadError as e:
-        click.echo(f"qds: {e.message}", err=True)
+        click.echo(f"qds: {_input_error(photo, e)}", err=True)
         sys.exit(1)
     except QdsError as e:
         _fail(e)

@@ -214,7 +214,9 @@ def test_explain_compare_and_refine_commands(tmp_path):
     r = run("refine", dark, "-o", str(tmp_path / "bold.jpg"), "--json", "--no-gate")
     assert r.exit_code == 0 and all(s["p_better"] is None for s in json.loads(r.stdout)["steps"])
     assert run("refine", dark, "-o", dark).exit_code == 2
-    assert run("refine", str(tmp_path / "missing.jpg"), "-o", str(tmp_path / "o.jpg")).exit_code == 1
+    r = run("refine", str(tmp_path / "missing.jpg"), "-o", str(tmp_path / "o.jpg"))
+    assert r.exit_code == 1
+    assert f"{tmp_path / 'missing.jpg'}: file not found" in r.stderr  # the path as given, as score prints it
 
 
 def test_models_list_and_verify(tmp_path):
