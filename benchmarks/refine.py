@@ -1,7 +1,8 @@
 """Refine benchmark: does `qds refine` bring degraded photos back towards their pristine originals?
 
     python -m benchmarks.refine [--photos N] [--split test] [--kinds k1,k2] [--max-steps 4] [--seed 0]
-                                [--model NAME|DIR] [--margin M] [--no-gate] [--pairs N] [--out build/bench]
+                                [--model NAME|DIR] [--margin M] [--no-gate | --gate FILE] [--pairs N]
+                                [--out build/bench]
 
 Built on the fly from held-out photos (``export.data.pristine_photos("test")``; ``--split dev`` for tuning),
 each loaded oriented and LANCZOS-downscaled to a long side of 768 px as in ``benchmarks/accuracy.py``. Per
@@ -34,10 +35,14 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .accuracy import _jsonable, _Progress, _stable_int, md_table, pick_photos, prepare_photo, text_table
+
+if TYPE_CHECKING:
+    from qds_lite.refine_gate import EditGate
 
 SEVERITY_RANGE = (0.3, 0.8)
 PAIR_SEVERITY_RANGE = (0.3, 0.6)  # each of the two faults of a --pairs image
@@ -133,7 +138,7 @@ def degraded_items(photos: Sequence[Path], root: Path, kinds: Sequence[str], see
 
 
 def run_items(photos: Sequence[Path], root: Path, kinds: Sequence[str], seed: int, max_steps: int,
-              model: str | None, margin: float, pairs: int = 0, gate: bool = True) -> list[dict]:
+              model: str | None, margin: float, pairs: int = 0, gate: bool | EditGate = True) -> list[dict]:
     from qds_lite import load
     from qds_lite.refine import refine
 
@@ -248,14 +253,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-gate", action="store_true",
                    help="keep the best-scoring edit without the edit gate (qds_lite.refine_gate): the ablation")
+    p.add_argument("--gate", type=Path, default=None,
+                   help="an edit gate's JSON (export.refine_gate fit --out FILE), not the shipped one; for tuning")
     p.add_argument("--pairs", type=int, default=0,
                    help="also N images per photo with two faults of different kinds (reported apart from the bars)")
     p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args(argv)
+    if args.no_gate and args.gate:
+        p.error("--gate and --no-gate: choose one")
 
     from export import synth
     from export.data import pristine_dir, pristine_photos
     from qds_lite.refine import SCORE_MARGIN
+    from qds_lite.refine_gate import EditGate
 
     kinds = args.kinds.split(",") if args.kinds else list(synth.KINDS)
     unknown = set(kinds) - set(synth.KINDS)
@@ -265,8 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = pristine_dir()
     photos = pick_photos(pristine_photos(args.split, root), args.photos)
     margin = SCORE_MARGIN if args.margin is None else args.margin
-    records = run_items(photos, root, kinds, args.seed, args.max_steps, args.model, margin, args.pairs,
-                        gate=not args.no_gate)
+    gate = False if args.no_gate else EditGate.load(args.gate) if args.gate else True
+    records = run_items(photos, root, kinds, args.seed, args.max_steps, args.model, margin, args.pairs, gate=gate)
     summary = summarise(records, kinds)
     minutes = (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds() / 60
     command = "python -m benchmarks.refine" + (" " + shlex.join(argv) if argv else "")
@@ -305,7 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc = {"command": command, "started": started.isoformat(), "minutes": minutes, "split": args.split,
            "photos": [p.relative_to(root).as_posix() for p in photos], "kinds": kinds,
            "settings": {"severity_range": SEVERITY_RANGE, "max_steps": args.max_steps, "seed": args.seed,
-                        "margin": margin, "gate": not args.no_gate, "long_side": 768,
+                        "margin": margin, "gate": False if args.no_gate else str(args.gate or "shipped"),
+                        "long_side": 768,
                         "improved_if_dssim_over": IMPROVED},
            "summary": summary, "records": records}
     (out / "refine.json").write_text(json.dumps(_jsonable(doc), indent=1) + "\n")

@@ -2,15 +2,18 @@
 
     python -m export.refine_gate collect --split train --photos 60 --shard 0/2 --out build/refine-gate/train-0.json
     python -m export.refine_gate collect --split train --photos 60 --shard 1/2 --out build/refine-gate/train-1.json
+    python -m export.refine_gate collect --split train --photos 193 --shard 1/4 --out build/refine-gate/train4-1.json
+    python -m export.refine_gate collect --split train --photos 193 --shard 2/4 --out build/refine-gate/train4-2.json
     python -m export.refine_gate collect --split dev --photos 26 --out build/refine-gate/dev.json
-    python -m export.refine_gate fit --train build/refine-gate/train-*.json --dev build/refine-gate/dev.json \\
-        [--threshold 0.5] [--l2 1] [--cross FEATURE ...] [--out qds_lite/data/refine_gate.json]
+    python -m export.refine_gate fit --train build/refine-gate/train*.json --dev build/refine-gate/dev.json \\
+        [--threshold 0.5] [--trees 150 --depth 4 ...] [--out qds_lite/data/refine_gate.json]
 
 ``collect`` builds, per photo, the refine benchmark's items (the pristine photo and one degradation of every
 kind, global and on a quarter: ``benchmarks.refine.items_for``, with its own seed), lets the shipped critic
 find their faults, and applies *every* candidate edit of every finding refine would try first, recording
 what the gate reads of each (:func:`qds_lite.refine_gate.edit_features`) and whether the edit raised SSIM
-against the pristine photo (the label). ``fit`` fits the logistic gate on the train rows and reports, on the
+against the pristine photo (the label); collections over overlapping photo lists are read with each item
+once. ``fit`` fits the gate's trees on the train rows (scikit-learn, the ``train`` extra) and reports, on the
 dev rows (photos it never saw), its log-loss and accuracy at its threshold, and what refine's first step
 would do to dev images under the gate at each threshold next to the rule it replaces (keep the
 best-scoring edit). The rows come from first steps at the benchmark's 768 px; refine applies the gate at
@@ -20,7 +23,6 @@ every step and at any size.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -29,6 +31,8 @@ from pathlib import Path
 import numpy as np
 
 COLLECT_SEED = 7  # degradations differ from the refine benchmark's (seed 0) even on the same photo
+# The trees (chosen on the dev rows: log-loss and what refine's first step does; README, "Refine")
+TREES, DEPTH, LEARNING_RATE, MIN_LEAF, SUBSAMPLE = 150, 4, 0.05, 40, 0.8
 
 
 def collect(split: str, photos: int, shard: tuple[int, int], out: Path, model: str | None = None) -> None:
@@ -84,17 +88,57 @@ def first_step(records: Sequence[dict], choose: Callable[[list[dict]], dict | No
             "pristine_max_drop": float(max(0.0, -p.min()))}
 
 
-def fit_gate(train: Sequence[Path], dev: Path, threshold: float, l2: float, cross: Sequence[str], out: Path,
-             command: str) -> dict:
-    """Fit on ``train`` rows with each feature in ``cross`` also crossed with every operation; report on ``dev``."""
-    from qds_lite.refine import SCORE_MARGIN
-    from qds_lite.refine_gate import FEATURES, OPS, fit
+def load_records(paths: Sequence[Path]) -> list[dict]:
+    """The items of collected files, each (photo, kind, set) once: collections over overlapping photo lists
+    made the same items with the same seed."""
+    seen, out = set(), []
+    for path in paths:
+        for r in json.loads(path.read_text()):
+            key = (r["photo"], r["kind"], r["set"])
+            if key not in seen:
+                seen.add(key)
+                out.append(r)
+    return out
 
-    train_records = [r for f in train for r in json.loads(f.read_text())]
-    dev_records = json.loads(dev.read_text())
+
+def fit(rows: Sequence[dict], labels: Sequence[bool], *, trees: int = TREES, depth: int = DEPTH,
+        learning_rate: float = LEARNING_RATE, min_leaf: int = MIN_LEAF, subsample: float = SUBSAMPLE,
+        threshold: float = 0.5, info: dict | None = None):
+    """Gradient-boosted trees (scikit-learn's, log-loss) over :data:`qds_lite.refine_gate.FEATURES`, turned into
+    the runtime's :class:`~qds_lite.refine_gate.EditGate` (each leaf value times the learning rate; the
+    ensemble's starting log-odds as the bias). Seeded: the same rows give the same gate."""
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    from qds_lite.refine_gate import FEATURES, EditGate
+
+    x = np.array([[r[n] for n in FEATURES] for r in rows], np.float64)
+    model = GradientBoostingClassifier(n_estimators=trees, max_depth=depth, learning_rate=learning_rate,
+                                       min_samples_leaf=min_leaf, subsample=subsample, random_state=0)
+    model.fit(x, np.asarray(labels, bool))
+    nodes = []
+    for (tree,) in model.estimators_:
+        t = tree.tree_
+        leaf = t.children_left < 0
+        nodes.append({"feature": np.where(leaf, -1, t.feature).tolist(),
+                      "split": np.where(leaf, 0.0, t.threshold).tolist(),
+                      "left": np.where(leaf, 0, t.children_left).tolist(),
+                      "right": np.where(leaf, 0, t.children_right).tolist(),
+                      "value": np.where(leaf, learning_rate * t.value[:, 0, 0], 0.0).tolist()})
+    summed = sum(learning_rate * tree.predict(x) for (tree,) in model.estimators_)
+    bias = float(np.mean(model.decision_function(x) - summed))  # the same for every row: the prior's log-odds
+    return EditGate.from_trees(FEATURES, nodes, bias, threshold, info)
+
+
+def fit_gate(train: Sequence[Path], dev: Path, threshold: float, out: Path, command: str, **params) -> dict:
+    """Fit on the ``train`` rows (``params``: :func:`fit`'s tree settings); report on ``dev``."""
+    import dataclasses
+
+    from qds_lite.refine import SCORE_MARGIN
+
+    train_records = load_records(train)
+    dev_records = load_records([dev])
     x, y = _rows(train_records)
-    names = [*FEATURES, *(f"{c}*op={o}" for c in cross for o in OPS)]
-    gate = fit(x, y, names=names, l2=l2, threshold=threshold)
+    gate = fit(x, y, threshold=threshold, **params)
     xd, yd = _rows(dev_records)
     p = np.clip([gate.probability(f) for f in xd], 1e-6, 1 - 1e-6)
     yd = np.asarray(yd, float)
@@ -113,13 +157,14 @@ def fit_gate(train: Sequence[Path], dev: Path, threshold: float, l2: float, cros
         return choose
 
     sweep = {"best score (no gate)": first_step(dev_records, by_score, SCORE_MARGIN)}
-    for t in (0.3, 0.4, 0.5, 0.6, 0.7):
+    for t in (0.5, 0.6, 0.7, 0.8):
         sweep[f"gate >= {t:g}"] = first_step(dev_records, by_gate(t), SCORE_MARGIN)
     info = {"command": command, "train_rows": len(y), "train_photos": len({r["photo"] for r in train_records}),
-            "dev_photos": len({r["photo"] for r in dev_records}), "dev": held_out, "dev_first_step": sweep}
+            "dev_photos": len({r["photo"] for r in dev_records}), "dev": held_out, "dev_first_step": sweep,
+            "trees": params}
     gate = dataclasses.replace(gate, info=info)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(gate.to_json(), indent=1) + "\n")
+    out.write_text(json.dumps(gate.to_json(), separators=(",", ":")) + "\n")
     return info
 
 
@@ -136,18 +181,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     f = sub.add_parser("fit", help="fit the gate on collected train rows, report it on dev rows")
     f.add_argument("--train", type=Path, nargs="+", required=True)
     f.add_argument("--dev", type=Path, required=True)
-    f.add_argument("--threshold", type=float, default=0.5)
-    f.add_argument("--l2", type=float, default=1.0)
-    f.add_argument("--cross", nargs="*", default=[],
-                   help="features also crossed with every operation (what a score gain means depends on the edit)")
+    f.add_argument("--threshold", type=float, default=0.5, help="least P(better) at which refine keeps an edit")
+    f.add_argument("--trees", type=int, default=TREES)
+    f.add_argument("--depth", type=int, default=DEPTH)
+    f.add_argument("--learning-rate", type=float, default=LEARNING_RATE)
+    f.add_argument("--min-leaf", type=int, default=MIN_LEAF, help="least training edits in a leaf")
+    f.add_argument("--subsample", type=float, default=SUBSAMPLE, help="share of rows each tree is fit on")
     f.add_argument("--out", type=Path, default=Path("qds_lite") / "data" / "refine_gate.json")
     args = p.parse_args(argv)
     if args.cmd == "collect":
         k, n = (int(v) for v in args.shard.split("/"))
         collect(args.split, args.photos, (k, n), args.out, args.model)
         return 0
-    info = fit_gate(args.train, args.dev, args.threshold, args.l2, args.cross, args.out,
-                    "python -m export.refine_gate " + " ".join(argv))
+    info = fit_gate(args.train, args.dev, args.threshold, args.out, "python -m export.refine_gate " + " ".join(argv),
+                    trees=args.trees, depth=args.depth, learning_rate=args.learning_rate, min_leaf=args.min_leaf,
+                    subsample=args.subsample)
     print(json.dumps(info, indent=1))
     return 0
 

@@ -3,12 +3,15 @@
 The critic's score rewards an edit that makes a photo crisper, brighter or smoother whether or not it brings
 the photo closer to what it should be (a Gaussian deconvolution of camera shake rings, yet scores higher),
 so "the score rose" alone kept edits that took a degraded photo further from its original in 11 % of the
-development split's images. The gate is a logistic model of P(edit brings the photo closer to its original:
-SSIM against the pristine photo rises) from what refine knows at that point without the original: the
-operation and the finding that chose it, how much the score rose, whether the critic still reports that
-fault after the edit and whether it reports new ones, and how much the edit changed the pixels. It is fit by
-``python -m export.refine_gate`` on synthetic degradations of train-split photos (README, "Refine") and
-ships as JSON (weights, feature names, standardisation, threshold): no pickle, NumPy to evaluate.
+development split's images. The gate estimates P(edit brings the photo closer to its original: SSIM against
+the pristine photo rises) from what refine knows at that point without the original: the operation and the
+finding that chose it, how much the score rose, whether the critic still reports that fault after the edit
+and whether it reports new ones, and how much the edit changed the pixels. What a score gain means depends on
+the operation that bought it (+10 from a deconvolution is not +10 from a denoise), so the model is a small
+ensemble of gradient-boosted trees (a logistic model over the same features, shipped before, needed these
+interactions spelt out and judged held-out edits worse: README, "Refine"). It is fit by ``python -m
+export.refine_gate`` (scikit-learn, offline) on synthetic degradations of train-split photos and ships as
+JSON (each tree's splits and leaf values, the feature names, the threshold): no pickle, NumPy to evaluate.
 """
 
 from __future__ import annotations
@@ -66,46 +69,81 @@ def edit_features(finding: Finding, region: Box | None, op: str, rank: int, n_ca
     return feats
 
 
-def _value(features: Mapping[str, float], name: str) -> float:
-    """A feature by name; ``a*b`` is the product of features ``a`` and ``b`` (an interaction: how much a
-    score gain means depends on the operation that bought it)."""
-    return math.prod(features[n] for n in name.split("*"))
-
-
 @dataclass(frozen=True, eq=False)
 class EditGate:
-    """A fitted gate: P(closer to the original) = sigmoid(bias + weights . (features - mean) / scale), the
-    features named by ``names`` (:func:`edit_features`' and products of them)."""
+    """A fitted gate: P(closer to the original) = sigmoid(bias + the sum over its trees of the value of the leaf
+    that the features ``names`` (:func:`edit_features`') reach). Trees are arrays over their nodes, padded to
+    one length: ``feature`` (the index into ``names`` a node splits on, -1 at a leaf), ``split`` (go left where
+    the feature is <= it), ``left`` / ``right`` (child node indices, always after their parent), ``value``
+    (a leaf's addition to the log-odds)."""
 
     names: tuple[str, ...]
-    mean: np.ndarray
-    scale: np.ndarray
-    weights: np.ndarray
+    feature: np.ndarray  # (trees, nodes) int
+    split: np.ndarray  # (trees, nodes) float
+    left: np.ndarray  # (trees, nodes) int
+    right: np.ndarray  # (trees, nodes) int
+    value: np.ndarray  # (trees, nodes) float
     bias: float
     threshold: float  # the least probability at which an edit is kept
     info: Mapping  # how it was fit (command, data, held-out figures)
 
     def probability(self, features: Mapping[str, float]) -> float:
-        x = (np.array([_value(features, n) for n in self.names], np.float64) - self.mean) / self.scale
-        logit = self.bias + float(x @ self.weights)
+        x = np.array([features[n] for n in self.names] + [0.0], np.float64)  # [-1]: what a leaf "reads"
+        rows = np.arange(len(self.feature))
+        node = np.zeros(len(self.feature), np.int64)
+        while True:
+            f = self.feature[rows, node]
+            inner = f >= 0
+            if not inner.any():
+                break
+            go_left = x[f] <= self.split[rows, node]
+            node = np.where(inner, np.where(go_left, self.left[rows, node], self.right[rows, node]), node)
+        logit = self.bias + float(self.value[rows, node].sum())
         return 1.0 / (1.0 + math.exp(-logit)) if logit >= 0 else math.exp(logit) / (1.0 + math.exp(logit))
 
     def to_json(self) -> dict:
-        return {"names": list(self.names), "mean": self.mean.tolist(), "scale": self.scale.tolist(),
-                "weights": self.weights.tolist(), "bias": self.bias, "threshold": self.threshold,
+        trees = []
+        for t in range(len(self.feature)):
+            n = int(np.count_nonzero(self.feature[t] >= -1))  # padding is -2
+            trees.append({"feature": self.feature[t, :n].tolist(), "split": self.split[t, :n].tolist(),
+                          "left": self.left[t, :n].tolist(), "right": self.right[t, :n].tolist(),
+                          "value": self.value[t, :n].tolist()})
+        return {"names": list(self.names), "trees": trees, "bias": self.bias, "threshold": self.threshold,
                 "info": dict(self.info)}
+
+    @classmethod
+    def from_trees(cls, names: Sequence[str], trees: Sequence[Mapping[str, Sequence]], bias: float,
+                   threshold: float, info: Mapping | None = None) -> EditGate:
+        """A gate from per-tree node lists (the JSON form), checked: a malformed tree raises ValueError."""
+        names = tuple(names)
+        unknown = set(names) - set(FEATURES)
+        if unknown:
+            raise ValueError(f"features this runtime does not compute: {sorted(unknown)}")
+        if not trees:
+            raise ValueError("no trees")
+        width = max(len(t["feature"]) for t in trees)
+        feature = np.full((len(trees), width), -2, np.int64)  # -2: padding, never reached
+        left, right = np.zeros_like(feature), np.zeros_like(feature)
+        split, value = np.zeros(feature.shape), np.zeros(feature.shape)
+        for i, t in enumerate(trees):
+            n = len(t["feature"])
+            if n == 0 or any(len(t[k]) != n for k in ("split", "left", "right", "value")):
+                raise ValueError(f"tree {i}: every node needs a feature, split, left, right and value")
+            feature[i, :n], split[i, :n], value[i, :n] = t["feature"], t["split"], t["value"]
+            left[i, :n], right[i, :n] = t["left"], t["right"]
+            inner = np.flatnonzero(feature[i, :n] >= 0)
+            if (feature[i, :n] < -1).any() or (feature[i, :n] >= len(names)).any():
+                raise ValueError(f"tree {i}: a node splits on a feature it does not name")
+            kids = np.concatenate([left[i, inner], right[i, inner]])
+            parents = np.concatenate([inner, inner])
+            if (kids <= parents).any() or (kids >= n).any():  # children after parents: every walk ends
+                raise ValueError(f"tree {i}: a child index is out of order or out of range")
+        return cls(names, feature, split, left, right, value, float(bias), float(threshold), dict(info or {}))
 
     @classmethod
     def from_json(cls, doc: Mapping) -> EditGate:
         try:
-            names = tuple(doc["names"])
-            arrays = [np.asarray(doc[k], np.float64) for k in ("mean", "scale", "weights")]
-            if any(a.shape != (len(names),) for a in arrays):
-                raise ValueError("weights, mean and scale must have one value per feature")
-            unknown = {f for n in names for f in n.split("*")} - set(FEATURES)
-            if unknown:
-                raise ValueError(f"features this runtime does not compute: {sorted(unknown)}")
-            return cls(names, *arrays, float(doc["bias"]), float(doc["threshold"]), doc.get("info", {}))
+            return cls.from_trees(doc["names"], doc["trees"], doc["bias"], doc["threshold"], doc.get("info", {}))
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"refine gate: {e}", hint="reinstall qds-lite, or refine with --no-gate") from None
 
@@ -115,27 +153,3 @@ class EditGate:
             return cls.from_json(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError) as e:
             raise ModelError(f"refine gate {path}: {e}", hint="reinstall qds-lite, or refine with --no-gate") from None
-
-
-def fit(rows: Sequence[Mapping[str, float]], labels: Sequence[bool], *, names: Sequence[str] | None = None,
-        l2: float = 1.0, threshold: float = 0.5, info: Mapping | None = None) -> EditGate:
-    """L2-regularised logistic regression by Newton's method on standardised features ``names`` (default: every
-    feature of the rows); a few thousand rows of a few dozen features: exact and instant, no solver needed."""
-    names = tuple(rows[0] if names is None else names)
-    x = np.array([[_value(r, n) for n in names] for r in rows], np.float64)
-    y = np.asarray(labels, np.float64)
-    mean, scale = x.mean(axis=0), x.std(axis=0)
-    scale[scale < 1e-9] = 1.0
-    z = np.hstack([np.ones((len(x), 1)), (x - mean) / scale])
-    w = np.zeros(z.shape[1])
-    penalty = np.full(z.shape[1], l2)
-    penalty[0] = 0.0  # the bias is not shrunk
-    for _ in range(50):
-        p = 1.0 / (1.0 + np.exp(-(z @ w)))
-        grad = z.T @ (p - y) + penalty * w
-        hess = (z * (p * (1 - p))[:, None]).T @ z + np.diag(penalty)
-        step = np.linalg.solve(hess, grad)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return EditGate(names, mean, scale, w[1:], float(w[0]), threshold, dict(info or {}))

@@ -259,3 +259,11 @@ def test_refine_benchmark_pairs_are_two_different_whole_image_faults_kept_apart_
         assert 0.3 <= min(sa, sb) and max(sa, sb) <= 0.6 and it["region"] is None
         assert [d.kind for d in degradations(it)] == [a, b] and all(d.region is None for d in degradations(it))
     assert degradations(singles[0]) == [] and len(degradations(singles[1])) == 1
+
+
+def test_refine_benchmark_takes_a_gate_file_or_none_not_both(tmp_path, capsys):
+    from benchmarks.refine import main
+
+    with pytest.raises(SystemExit):
+        main(["--no-gate", "--gate", str(tmp_path / "gate.json"), "--out", str(tmp_path)])
+    assert "choose one" in capsys.readouterr().err

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from qds_lite.errors import ModelError
-from qds_lite.refine_gate import FEATURES, GATE_PATH, OPS, EditGate, edit_features, fit, overlap
+from qds_lite.refine_gate import FEATURES, GATE_PATH, OPS, EditGate, edit_features, overlap
 from qds_lite.result import Finding, Result
 
 DATA = Path(__file__).parent / "data"
@@ -54,39 +54,64 @@ def test_features_say_whether_the_fault_is_still_found_and_what_is_new():
     assert moved["still_found"] == 0.0  # elsewhere: not this fault
 
 
-def test_fit_learns_a_separable_rule_and_round_trips_through_json(tmp_path):
-    rng = np.random.default_rng(0)
-    rows = [{"gain": float(g), "change": float(c), "severity": float(n)}
-            for g, c, n in rng.normal(size=(400, 3)) * [5.0, 1.0, 1.0] + [2.0, 1.0, 0.0]]
+def _rows(n: int, seed: int) -> list[dict[str, float]]:
+    """Edits with every feature: gain and change drawn at random, one operation each."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for g, c, op in zip(rng.normal(2.0, 5.0, n), rng.normal(1.0, 1.0, n), rng.choice(OPS, n)):
+        out.append(dict.fromkeys(FEATURES, 0.0) | {"gain": float(g), "change": float(c), f"op={op}": 1.0})
+    return out
+
+
+def test_fit_is_sklearns_boosting_to_the_last_digit_and_round_trips_through_json(tmp_path):
+    pytest.importorskip("sklearn")
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    from export.refine_gate import fit
+
+    rows = _rows(800, 0)
     labels = [r["gain"] - 4 * r["change"] > -2 for r in rows]
-    gate = fit(rows[:300], labels[:300], threshold=0.6, info={"why": "test"})
-    held = np.mean([(gate.probability(r) >= 0.5) == y for r, y in zip(rows[300:], labels[300:])])
+    gate = fit(rows[:600], labels[:600], trees=40, depth=3, learning_rate=0.1, min_leaf=5, subsample=0.8,
+               threshold=0.6, info={"why": "test"})
+    held = np.mean([(gate.probability(r) >= 0.5) == y for r, y in zip(rows[600:], labels[600:])])
     assert held > 0.9
-    assert gate.weights[gate.names.index("gain")] > 0 > gate.weights[gate.names.index("change")]
-    assert abs(gate.weights[gate.names.index("severity")]) < 0.5 * abs(gate.weights[gate.names.index("gain")])
+    x = np.array([[r[n] for n in FEATURES] for r in rows])
+    same = GradientBoostingClassifier(n_estimators=40, max_depth=3, learning_rate=0.1, min_samples_leaf=5,
+                                      subsample=0.8, random_state=0).fit(x[:600], labels[:600])
+    assert [gate.probability(r) for r in rows] == pytest.approx(same.predict_proba(x)[:, 1], abs=1e-9)
     path = tmp_path / "gate.json"
     path.write_text(json.dumps(gate.to_json()))
     again = EditGate.load(path)
-    assert again.threshold == 0.6 and again.info == {"why": "test"}
-    assert all(again.probability(r) == pytest.approx(gate.probability(r)) for r in rows[:20])
+    assert again.threshold == 0.6 and again.info == {"why": "test"} and len(again.feature) == 40
+    assert all(again.probability(r) == gate.probability(r) for r in rows[:50])
 
 
-def test_interactions_are_products_of_features():
-    rng = np.random.default_rng(1)
-    rows = [{"gain": float(g), "blur": float(b)} for g, b in zip(rng.normal(size=300), rng.integers(0, 2, 300))]
-    labels = [(r["gain"] > 0) == (r["blur"] == 1) for r in rows]  # a gain means the opposite for blur edits
-    plain = fit(rows, labels)
-    crossed = fit(rows, labels, names=["gain", "blur", "gain*blur"])
-    assert crossed.names == ("gain", "blur", "gain*blur")
-    hits = [np.mean([(g.probability(r) >= 0.5) == y for r, y in zip(rows, labels)]) for g in (plain, crossed)]
-    assert hits[1] > 0.9 > hits[0]
+def test_the_trees_learn_what_a_gain_means_for_each_operation():
+    pytest.importorskip("sklearn")
+    from export.refine_gate import fit
+
+    rows = _rows(600, 1)
+    labels = [(r["gain"] > 2) == (r["op=deconvolve"] == 0) for r in rows]  # a gain means the opposite here
+    gate = fit(rows[:400], labels[:400], trees=60, depth=2, min_leaf=5)
+    assert np.mean([(gate.probability(r) >= 0.5) == y for r, y in zip(rows[400:], labels[400:])]) > 0.9
+
+
+def _tree(feature, split, left, right, value) -> dict:
+    return {"feature": feature, "split": split, "left": left, "right": right, "value": value}
 
 
 def test_a_malformed_gate_is_a_clear_error(tmp_path):
     bad = tmp_path / "gate.json"
-    bad.write_text(json.dumps({"names": ["a", "b"], "mean": [0], "scale": [1, 1], "weights": [1, 1],
-                               "bias": 0, "threshold": 0.5}))
-    with pytest.raises(ModelError, match="one value per feature"):
+    stump = _tree([0, -1, -1], [0.5, 0, 0], [1, 0, 0], [2, 0, 0], [0, -1, 1])
+    for tree, message in ((stump | {"value": [0, -1]}, "every node needs"),
+                          (stump | {"left": [0, 0, 0]}, "out of order"),
+                          (stump | {"right": [3, 0, 0]}, "out of range"),
+                          (stump | {"feature": [1, -1, -1]}, "does not name")):
+        bad.write_text(json.dumps({"names": ["gain"], "trees": [tree], "bias": 0, "threshold": 0.5}))
+        with pytest.raises(ModelError, match=message):
+            EditGate.load(bad)
+    bad.write_text(json.dumps({"names": ["gain"], "trees": [], "bias": 0, "threshold": 0.5}))
+    with pytest.raises(ModelError, match="no trees"):
         EditGate.load(bad)
     bad.write_text("{")
     with pytest.raises(ModelError, match="refine gate"):
@@ -101,7 +126,7 @@ def test_the_shipped_gate_reads_exactly_the_features_refine_computes():
     f = _finding("jpeg")
     rgb = np.zeros((8, 8, 3), np.uint8)
     feats = edit_features(f, None, "deblock", 0, 3, _result(50.0, f), _result(52.0), rgb, rgb)
-    assert {factor for name in gate.names for factor in name.split("*")} <= set(feats)
+    assert set(gate.names) <= set(feats)
     assert 0.0 < gate.probability(feats) < 1.0 and 0.0 < gate.threshold < 1.0
     dev = gate.info["dev"]
     assert dev["accuracy"] > max(dev["base_rate"], 1 - dev["base_rate"])  # better than always saying one thing
@@ -114,7 +139,7 @@ def test_refine_keeps_nothing_the_gate_refuses():
 
     critic = qds_lite.load(backend="onnx")
     shipped = EditGate.load(GATE_PATH)
-    never = EditGate(shipped.names, shipped.mean, shipped.scale, shipped.weights, shipped.bias, 1.01, {})
+    never = dataclasses.replace(shipped, threshold=1.01)
     r = refine(critic, DATA / "coffee_dark.jpg", gate=never)
     assert not r.changed and r.steps
     from qds_lite.refine import SCORE_MARGIN
@@ -154,6 +179,7 @@ def test_first_step_keeps_the_first_finding_whose_pick_passes_the_margin():
 
 
 def test_fit_gate_writes_a_gate_that_learned_which_edits_help(tmp_path):
+    pytest.importorskip("sklearn")
     from export.refine_gate import fit_gate
 
     rng = np.random.default_rng(2)
@@ -164,7 +190,7 @@ def test_fit_gate_writes_a_gate_that_learned_which_edits_help(tmp_path):
             op = str(rng.choice(["deconvolve", "denoise"]))
             gain = float(rng.uniform(0, 10))
             helps = op == "denoise"  # in this world only denoising brings a photo back
-            out.append({"photo": f"p{rng.integers(5)}", "kind": "noise", "score": 50.0,
+            out.append({"photo": f"p{len(out)}", "kind": "noise", "set": "global", "score": 50.0,
                         "findings": [[_row(gain, op, 0.01 if helps else -0.01)]]})
         return out
 
@@ -172,9 +198,9 @@ def test_fit_gate_writes_a_gate_that_learned_which_edits_help(tmp_path):
     train.write_text(json.dumps(records(200)))
     dev.write_text(json.dumps(records(100)))
     out = tmp_path / "gate.json"
-    info = fit_gate([train], dev, 0.5, 1.0, ["gain"], out, "test")
+    info = fit_gate([train, train], dev, 0.5, out, "test", trees=20, depth=2, min_leaf=5)
     gate = EditGate.load(out)
-    assert "gain*op=denoise" in gate.names and gate.info["command"] == "test"
+    assert gate.info["command"] == "test" and info["train_rows"] == 200  # the file given twice is read once
     assert info["dev"]["accuracy"] == 1.0
     sweep = info["dev_first_step"]
     assert sweep["gate >= 0.5"]["worse"] == 0.0 < sweep["best score (no gate)"]["worse"]
@@ -188,7 +214,9 @@ class _BrightnessCritic:
 
 
 def _gate_preferring_milder() -> EditGate:
-    return EditGate(("milder",), np.zeros(1), np.ones(1), np.array([5.0]), -1.0, 0.5, {})
+    """P(better) 0.27 for a finding's strongest candidate, 0.82 for the middle ones, 0.98 for the mildest."""
+    tree = _tree([0, -1, 0, -1, -1], [0.25, 0, 0.75, 0, 0], [1, 0, 3, 0, 0], [2, 0, 4, 0, 0], [0, -1, 0, 1.5, 4])
+    return EditGate.from_trees(("milder",), [tree], 0.0, 0.5)
 
 
 def test_the_gate_not_the_score_chooses_and_a_niqe_veto_falls_through_to_its_next_choice(monkeypatch):
@@ -218,12 +246,13 @@ def test_the_gate_not_the_score_chooses_and_a_niqe_veto_falls_through_to_its_nex
 
 def test_a_gate_asking_for_a_feature_the_runtime_lacks_is_refused(tmp_path):
     bad = tmp_path / "gate.json"
-    bad.write_text(json.dumps({"names": ["gain", "bogus*gain"], "mean": [0, 0], "scale": [1, 1],
-                               "weights": [1, 1], "bias": 0, "threshold": 0.5}))
+    tree = _tree([0, -1, -1], [0.5, 0, 0], [1, 0, 0], [2, 0, 0], [0, -1, 1])
+    bad.write_text(json.dumps({"names": ["bogus"], "trees": [tree], "bias": 0, "threshold": 0.5}))
     with pytest.raises(ModelError, match="bogus"):
         EditGate.load(bad)
 
 
 def test_probability_does_not_overflow():
-    gate = EditGate(("gain",), np.zeros(1), np.ones(1), np.array([1.0]), 0.0, 0.5, {})
-    assert gate.probability({"gain": -1e6}) == 0.0 and gate.probability({"gain": 1e6}) == 1.0
+    tree = _tree([0, -1, -1], [0.0, 0, 0], [1, 0, 0], [2, 0, 0], [0, -1e6, 1e6])
+    gate = EditGate.from_trees(("gain",), [tree], 0.0, 0.5)
+    assert gate.probability({"gain": -1.0}) == 0.0 and gate.probability({"gain": 1.0}) == 1.0
