@@ -28,9 +28,10 @@ native-resolution features. The runtime then grounds the reasoner's findings in 
 
 ``support`` and ``spread`` are chosen by ``export.diagnosis`` on the maps this runtime reads on dev-split
 photos (the maps do not depend on them, so one scoring run serves every candidate); ``type_weight``,
-``check_zooms`` (and ``zoom_weight``, which steers zooms towards cells that look damaged, and
-``find_margin``, which asks more confidence before a finding opens: both measured, off in the shipped
-critic) on the development split by the accuracy benchmark; all travel in the manifest. The logic is
+``check_zooms``, ``find_margin`` (how much the reasoner must prefer ``<find>`` to ``<eos>`` before a finding
+opens: negative in the shipped critic, so that it goes on naming what the map supports unless it is sure
+there is nothing more) and ``zoom_weight`` (which steers zooms towards cells that look damaged: measured,
+off in the shipped critic) on the development split by the accuracy benchmark; all travel in the manifest. The logic is
 NumPy on the backend's features, so it is the same on every backend.
 """
 
@@ -180,7 +181,8 @@ class CellMap:
         """The reasoner's logits with the map's evidence added where it has a say: over the finding types,
         ``type_weight`` x log of each type's support; over the cells to zoom into, ``zoom_weight`` x log of
         each cell's probability of showing damage; before each finding, ``find_margin`` off ``<find>``, so
-        that a finding opens only when the reasoner prefers it to ending by that many logits."""
+        that a finding opens only when the reasoner prefers it to ending by that many logits (negative: unless
+        it prefers ending by more than that)."""
         d = self.diagnosis
         if state == "findings" and d.find_margin:
             ids, bias = (P.FIND,), -d.find_margin
