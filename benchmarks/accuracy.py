@@ -222,12 +222,13 @@ def localisation(records: Sequence[dict], method: str, grid: int) -> dict:
     """Localisation figures of one critic method over local-set records (each with ``kind``, ``finding``
     (the expected finding type), ``region``, ``findings[method]`` = list of {type, severity, box} and
     ``zooms[method]`` = the boxes it zoomed into)."""
-    type_hits, any_type, iou_hits, ious, zoom_hits = [], [], [], [], []
+    type_hits, any_type, others, iou_hits, ious, zoom_hits = [], [], [], [], [], []
     for r in records:
         found = r["findings"][method]
         top = top_finding(found)
         type_hits.append(top is not None and top["type"] == r["finding"])
         any_type.append(any(f["type"] == r["finding"] for f in found))
+        others.append(sum(f["type"] != r["finding"] for f in found))
         truth = region_box(r["region"], grid)
         best = max((box_iou(f["box"], truth) for f in found), default=0.0)
         ious.append(best)
@@ -235,11 +236,11 @@ def localisation(records: Sequence[dict], method: str, grid: int) -> dict:
         zoom_hits.append(zoomed_on(r.get("zooms", {}).get(method, []), truth))
     n = len(records)
     if n == 0:
-        return {"n": 0, "type_top1": float("nan"), "type_any": float("nan"), "iou_hit": float("nan"),
-                "mean_iou": float("nan"), "zoom_hit": float("nan")}
+        return {"n": 0, "type_top1": float("nan"), "type_any": float("nan"), "other_types": float("nan"),
+                "iou_hit": float("nan"), "mean_iou": float("nan"), "zoom_hit": float("nan")}
     return {"n": n, "type_top1": float(np.mean(type_hits)), "type_any": float(np.mean(any_type)),
-            "iou_hit": float(np.mean(iou_hits)), "mean_iou": float(np.mean(ious)),
-            "zoom_hit": float(np.mean(zoom_hits))}
+            "other_types": float(np.mean(others)), "iou_hit": float(np.mean(iou_hits)),
+            "mean_iou": float(np.mean(ious)), "zoom_hit": float(np.mean(zoom_hits))}
 
 
 def clean_flagged(records: Sequence[dict], method: str) -> float:
@@ -639,6 +640,7 @@ SUMMARY_ROWS: tuple[tuple[str, str, str], ...] = (
     ("summary", "cross_srcc", "cross-distortion SRCC per photo"),
     ("localisation", "type_top1", "finding type, top-1 accuracy"),
     ("localisation", "type_any", "finding type, any finding"),
+    ("localisation", "other_types", "findings of another type per local image (lower is better)"),
     ("localisation", "iou_hit", f"finding box IoU>={IOU_HIT} share"),
     ("localisation", "mean_iou", "finding box, mean best IoU"),
     ("localisation", "zoom_hit", "a zoom lands on the local damage"),

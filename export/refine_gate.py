@@ -23,12 +23,17 @@ every step and at any size.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from qds_lite.refine_gate import EditGate
 
 COLLECT_SEED = 7  # degradations differ from the refine benchmark's (seed 0) even on the same photo
 # The trees (chosen on the dev rows: log-loss and what refine's first step does; README, "Refine")
@@ -103,7 +108,7 @@ def load_records(paths: Sequence[Path]) -> list[dict]:
 
 def fit(rows: Sequence[dict], labels: Sequence[bool], *, trees: int = TREES, depth: int = DEPTH,
         learning_rate: float = LEARNING_RATE, min_leaf: int = MIN_LEAF, subsample: float = SUBSAMPLE,
-        threshold: float = 0.5, info: dict | None = None):
+        threshold: float = 0.5, info: dict | None = None) -> EditGate:
     """Gradient-boosted trees (scikit-learn's, log-loss) over :data:`qds_lite.refine_gate.FEATURES`, turned into
     the runtime's :class:`~qds_lite.refine_gate.EditGate` (each leaf value times the learning rate; the
     ensemble's starting log-odds as the bias). Seeded: the same rows give the same gate."""
@@ -131,8 +136,6 @@ def fit(rows: Sequence[dict], labels: Sequence[bool], *, trees: int = TREES, dep
 
 def fit_gate(train: Sequence[Path], dev: Path, threshold: float, out: Path, command: str, **params) -> dict:
     """Fit on the ``train`` rows (``params``: :func:`fit`'s tree settings); report on ``dev``."""
-    import dataclasses
-
     from qds_lite.refine import SCORE_MARGIN
 
     train_records = load_records(train)

@@ -88,7 +88,8 @@ class EditGate:
     info: Mapping  # how it was fit (command, data, held-out figures)
 
     def probability(self, features: Mapping[str, float]) -> float:
-        x = np.array([features[n] for n in self.names] + [0.0], np.float64)  # [-1]: what a leaf "reads"
+        # in float32, as scikit-learn's trees compare them when they are fit; x[-1]: what a leaf "reads"
+        x = np.array([features[n] for n in self.names] + [0.0], np.float32).astype(np.float64)
         rows = np.arange(len(self.feature))
         node = np.zeros(len(self.feature), np.int64)
         while True:

@@ -149,6 +149,7 @@ def test_localisation_metrics():
     assert m["n"] == 3
     assert m["type_top1"] == pytest.approx(1 / 3)
     assert m["type_any"] == pytest.approx(2 / 3)
+    assert m["other_types"] == pytest.approx(1 / 3)  # the noise finding on the haze image
     assert m["iou_hit"] == pytest.approx(2 / 3)  # IoU exactly 0.5 counts as a hit
     assert m["mean_iou"] == pytest.approx((1.0 + 0.5 + 0.0) / 3)
     assert math.isnan(acc.localisation([], "m", 4)["type_top1"])
