@@ -137,6 +137,7 @@ def fit(rows: Sequence[dict], labels: Sequence[bool], *, trees: int = TREES, dep
 def fit_gate(train: Sequence[Path], dev: Path, threshold: float, out: Path, command: str, **params) -> dict:
     """Fit on the ``train`` rows (``params``: :func:`fit`'s tree settings); report on ``dev``."""
     from qds_lite.refine import SCORE_MARGIN
+    from qds_lite.refine_gate import GATE_PATH
 
     train_records = load_records(train)
     dev_records = load_records([dev])
@@ -168,7 +169,19 @@ def fit_gate(train: Sequence[Path], dev: Path, threshold: float, out: Path, comm
     gate = dataclasses.replace(gate, info=info)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(gate.to_json(), separators=(",", ":")) + "\n")
+    if out.resolve() == GATE_PATH.resolve():  # the shipped gate: record its new sha256 for the runtime's check
+        record_sha256(out)
     return info
+
+
+def record_sha256(path: Path) -> None:
+    """Write ``path``'s sha256 into the ``manifest.json`` beside it (qds_lite.model_store.check_package_data)."""
+    from qds_lite.model_store import sha256_file
+
+    manifest = path.parent / "manifest.json"
+    doc = json.loads(manifest.read_text())
+    doc["files"][path.name] = sha256_file(path)
+    manifest.write_text(json.dumps(doc, indent=1) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

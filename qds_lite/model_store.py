@@ -56,6 +56,20 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def check_package_data(path: Path, what: str, hint: str = "reinstall qds-lite") -> None:
+    """Raise ModelError unless ``path``, a learned file shipped inside the package (the NIQE model, refine's
+    edit gate), has the sha256 that the ``manifest.json`` beside it records for its name: package data is
+    read like a critic's files, only once checked. ``what`` names it in the message."""
+    try:
+        expected = json.loads((path.parent / "manifest.json").read_text())["files"][path.name]
+        actual = sha256_file(path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"{what} {path} is missing, unreadable or not in its manifest ({type(e).__name__})",
+                         hint=hint) from None
+    if actual != expected:
+        raise ModelError(f"{what} {path} does not match the sha256 in {path.parent / 'manifest.json'}", hint=hint)
+
+
 def cache_dir() -> Path:
     """qds's own cache folder: $QDS_CACHE_DIR, else $XDG_CACHE_HOME/qds, else ~/.cache/qds."""
     return Path(os.environ.get("QDS_CACHE_DIR") or os.path.join(

@@ -37,7 +37,8 @@ from .atomic import atomic_open
 from .critic import Critic
 from .errors import QdsError
 from .io import LoadedImage, Source, load_image
-from .refine_gate import EditGate, edit_features, overlap
+from .model_store import check_package_data
+from .refine_gate import GATE_PATH, EditGate, edit_features, overlap
 from .result import Finding, Result, describe_box
 
 Box = tuple[float, float, float, float]
@@ -249,8 +250,9 @@ def candidate_edits(finding: Finding, plan: Callable, rgb: np.ndarray, region: B
 
 @functools.cache
 def default_gate() -> EditGate:
-    """The shipped edit gate (package data), read once."""
-    return EditGate.load()
+    """The shipped edit gate (package data, checked against its sha256), read once."""
+    check_package_data(GATE_PATH, "refine's edit gate", hint="reinstall qds-lite, or refine with --no-gate")
+    return EditGate.load(GATE_PATH)
 
 
 def _fault_region(finding: Finding, rgb: np.ndarray) -> Box | None:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import QdsError
+from .model_store import check_package_data
 
 REFINE_EXTRA_HINT = "pip install 'qds-lite[refine]'"
 # Package data: the NIQE authors' pristine model (the Apache-2.0 copy described in qds_lite/data/README.md).
@@ -313,7 +314,9 @@ def _niqe_model() -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=2)
 def _load_niqe_model(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, cov) of the authors' pristine multivariate Gaussian, shapes (36,) and (36, 36)."""
+    """(mu, cov) of the authors' pristine multivariate Gaussian, shapes (36,) and (36, 36), once the file's
+    sha256 matches ``qds_lite/data/manifest.json``."""
+    check_package_data(path, "the NIQE model")
     try:
         with np.load(path, allow_pickle=False) as params:
             mu = np.asarray(params["mu_pris_param"], np.float64).reshape(36)

@@ -256,3 +256,41 @@ def test_probability_does_not_overflow():
     tree = _tree([0, -1, -1], [0.0, 0, 0], [1, 0, 0], [2, 0, 0], [0, -1e6, 1e6])
     gate = EditGate.from_trees(("gain",), [tree], 0.0, 0.5)
     assert gate.probability({"gain": -1.0}) == 0.0 and gate.probability({"gain": 1.0}) == 1.0
+
+
+def test_the_shipped_learned_files_are_read_only_once_their_sha256_matches(tmp_path, monkeypatch):
+    from qds_lite import refine as R
+    from qds_lite import refine_ops
+    from qds_lite.model_store import check_package_data
+
+    for name in ("refine_gate.json", "niqe_pris_params.npz"):
+        check_package_data(GATE_PATH.parent / name, name)  # the manifest matches what ships
+    copy = tmp_path / "refine_gate.json"
+    copy.write_bytes(GATE_PATH.read_bytes() + b" ")
+    (tmp_path / "manifest.json").write_text((GATE_PATH.parent / "manifest.json").read_text())
+    monkeypatch.setattr(R, "GATE_PATH", copy)
+    R.default_gate.cache_clear()
+    try:
+        with pytest.raises(ModelError, match="sha256") as err:
+            R.default_gate()
+        assert "--no-gate" in err.value.hint
+    finally:
+        R.default_gate.cache_clear()
+    npz = tmp_path / "niqe_pris_params.npz"
+    npz.write_bytes((GATE_PATH.parent / "niqe_pris_params.npz").read_bytes()[:-1])
+    refine_ops._load_niqe_model.cache_clear()
+    with pytest.raises(ModelError, match="NIQE model .* sha256"):
+        refine_ops._load_niqe_model(npz)
+
+
+def test_fit_gate_records_the_shipped_gates_sha256(tmp_path):
+    from export.refine_gate import record_sha256
+    from qds_lite.model_store import check_package_data, sha256_file
+
+    gate = tmp_path / "refine_gate.json"
+    gate.write_text("{}")
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": {"refine_gate.json": "0" * 64, "other": "x"}}))
+    record_sha256(gate)
+    check_package_data(gate, "gate")
+    assert json.loads((tmp_path / "manifest.json").read_text())["files"] == {
+        "refine_gate.json": sha256_file(gate), "other": "x"}
