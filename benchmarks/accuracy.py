@@ -566,7 +566,8 @@ def score_plans(plans: Sequence[tuple[Path, Sequence[Item]]], critics: dict, bas
                 img = base if it.kind is None else degrade(base, it)
                 rec = {"photo": it.photo, "set": it.set, "kind": it.kind, "finding": finding_of(it.kind),
                        "severity": it.severity, "region": list(it.region) if it.region else None,
-                       "seed": it.seed, "scores": {}, "findings": {}, "zooms": {}, "level_probs": {}, "cells": {}}
+                       "seed": it.seed, "scores": {}, "findings": {}, "zooms": {}, "level_probs": {}, "cells": {},
+                       "damage_penalty": {}}
                 loaded = load_image(img)
                 for name, critic in critics.items():
                     t = time.perf_counter()
@@ -576,6 +577,7 @@ def score_plans(plans: Sequence[tuple[Path, Sequence[Item]]], critics: dict, bas
                     rec["findings"][name] = _finding_dicts(r)
                     rec["zooms"][name] = [[float(v) for v in st["box"]] for st in r.steps if st["tool"] == "zoom"]
                     rec["level_probs"][name] = [round(float(p), 5) for p in r.level_probs]
+                    rec["damage_penalty"][name] = round(float(r.damage_penalty), 4)
                     if r.damage_map is not None:  # export.diagnosis chooses the grounding thresholds from these
                         rec["cells"][name] = np.round(r.damage_map.reshape(grid * grid, -1), 4).tolist()
                 if it.set == "global":

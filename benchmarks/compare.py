@@ -72,16 +72,19 @@ def accuracy(records: list[dict], pairs: list[tuple[int, int]], method: str) -> 
 
 
 def brier(records: list[dict], pairs: list[tuple[int, int]], method: str) -> float:
-    """Mean (1 - P(better one better))^2 from the stored level distributions, NaN if they are absent."""
-    from qds_lite.compare import VAR_FLOOR
+    """Mean (1 - P(better one better))^2 from the stored level distributions and damage penalties (as
+    qds_lite.compare.level_moments reads them), NaN if they are absent."""
+    from qds_lite.compare import VAR_FLOOR, with_penalty
 
     probs = [r.get("level_probs", {}).get(method) for r in records]
     if any(p is None for p in probs):
         return math.nan
     lv = np.arange(1, 6)
     pr = np.array(probs, dtype=float)
-    mu = pr @ lv
-    var = (pr * (lv[None, :] - mu[:, None]) ** 2).sum(1) + VAR_FLOOR
+    penalty = np.array([r.get("damage_penalty", {}).get(method, 0.0) for r in records])
+    mean = pr @ lv
+    mu, var = with_penalty(mean, (pr * (lv[None, :] - mean[:, None]) ** 2).sum(1), penalty)
+    var = var + VAR_FLOOR
     p = np.array(pairs)
     z = (mu[p[:, 0]] - mu[p[:, 1]]) / np.sqrt(var[p[:, 0]] + var[p[:, 1]])
     prob = 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))

@@ -3,6 +3,14 @@
     python -m export.calibrate [--model-dir DIR] [--out build/bench/calibration]
     python -m export.calibrate --records build/bench/dev/accuracy.json   # fit from an existing dev run
     python -m export.calibrate --records build/bench/dev/accuracy.json --cv   # measure, write nothing
+    python -m export.calibrate --records build/bench/dev/accuracy.json --sweep   # damage settings, write nothing
+    python -m export.calibrate --records build/bench/dev/accuracy.json --damage-share 0.5 --damage-cells 4
+
+The raw score is the verdict's, less the share of it the diagnosis map takes off (``qds_lite.scale``); the
+damage settings are written into the manifest with the anchors, which are fitted on raw scores with them.
+``--sweep`` prints the dev ranking figures (L, D, P, cross-distortion SRCC) for a grid of settings: they were
+chosen there (share 0.5 of the mean damage of the 4 most damaged cells: README, "The score reads the map
+too").
 
 Scores the dev split's Waterloo-style set (``benchmarks.accuracy --split dev``: every kind at severities
 0.2-0.8 over each whole dev photo; about 2 min on 2 cores) and anchors the scale (``qds_lite.scale``): the
@@ -30,6 +38,7 @@ recomputed from its level distribution, so the fit does not depend on a calibrat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 from collections.abc import Sequence
@@ -37,42 +46,73 @@ from pathlib import Path
 
 from benchmarks import accuracy
 from export import manifest
-from qds_lite import protocol as P
 from qds_lite.errors import ModelError
 from qds_lite.model_store import BUNDLED_DIR, DEFAULT_MODEL, resolve
 from qds_lite.scale import ScoreScale
 
 METHOD = "qds/onnx"
+SWEPT = ("srcc", "l_srcc", "d_auc", "p_acc", "cross_srcc")  # the figures --sweep prints
+NO_PENALTY = ScoreScale()  # the verdict's raw score alone
+SWEEP_SHARES, SWEEP_CELLS = (0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.9), (1, 2, 4, 8, 16)
 
 
-def anchors(records: Sequence[dict], method: str = METHOD) -> dict[float, float]:
+def raw_score(record: dict, method: str = METHOD, head: ScoreScale = NO_PENALTY) -> float:
+    """A scored record's raw score under ``head``'s damage settings (:meth:`ScoreScale.raw_of`)."""
+    cells = record.get("cells", {}).get(method)
+    if head.damage_share and cells is None:
+        raise ValueError("the run has no diagnosis maps ('cells') to take the damage penalty from; score it again")
+    return head.raw_of(record["level_probs"][method], cells)
+
+
+def anchors(records: Sequence[dict], method: str = METHOD, head: ScoreScale = NO_PENALTY) -> dict[float, float]:
     """Median raw score of the globally degraded images at each severity (clean images left out)."""
     degraded = (r for r in records if r["set"] == "global" and r["severity"])
-    raw = accuracy.by_severity(degraded, lambda r: P.level_score(r["level_probs"][method]))
+    raw = accuracy.by_severity(degraded, lambda r: raw_score(r, method, head))
     return {s: statistics.median(v) for s, v in raw.items()}
 
 
-def fit(records: Sequence[dict], method: str = METHOD, clean_at: float | None = None) -> ScoreScale:
-    """The anchored scale: (0, 0), each severity's median raw score -> 100 (1 - s), (100, 100). Raises
-    ValueError where the critic does not, on median, score a worse severity lower. ``clean_at`` also anchors
-    the clean images' median raw score there (an alternative measured by :func:`cross_validate`)."""
-    medians = anchors(records, method)
+def fit(records: Sequence[dict], method: str = METHOD, clean_at: float | None = None,
+        head: ScoreScale = NO_PENALTY) -> ScoreScale:
+    """The anchored scale: (0, 0), each severity's median raw score -> 100 (1 - s), (100, 100), raw scores
+    with ``head``'s damage settings, which the scale keeps. Raises ValueError where the critic does not, on
+    median, score a worse severity lower. ``clean_at`` also anchors the clean images' median raw score there
+    (an alternative measured by :func:`cross_validate`)."""
+    medians = anchors(records, method, head)
     if not medians:
         raise ValueError("calibration needs globally degraded images")
     points = sorted((round(m, 3), round(100.0 * (1.0 - s), 3)) for s, m in medians.items())
     if clean_at is not None:
-        clean = statistics.median(P.level_score(r["level_probs"][method]) for r in records if not r["severity"])
+        clean = statistics.median(raw_score(r, method, head) for r in records if not r["severity"])
         points = sorted(points + [(round(clean, 3), clean_at)])
     raw = (0.0, *(m for m, _ in points), 100.0)
     score = (0.0, *(t for _, t in points), 100.0)
     if any(b <= a for a, b in zip(raw, raw[1:])) or any(b <= a for a, b in zip(score, score[1:])):
         raise ValueError(f"median raw scores by severity are not strictly in order of severity, inside (0, 100): "
                          f"{medians}")
-    return ScoreScale(raw, score)
+    return dataclasses.replace(head, raw=raw, score=score)
+
+
+def sweep(records: Sequence[dict], shares: Sequence[float], cells: Sequence[int], method: str = METHOD) -> list[dict]:
+    """The ranking figures of benchmarks.accuracy (global set) with each damage share and number of cells
+    (rank-based, so the calibration does not enter): how the damage settings were chosen."""
+    glob = [r for r in records if r["set"] == "global"]
+    kinds = sorted({r["kind"] for r in glob if r["kind"]})
+    rows = []
+    for k in cells:
+        for w in shares:
+            if not w and k != cells[0]:
+                continue  # without a share the cells do not matter
+            head = ScoreScale(damage_share=w, damage_cells=k)
+            res = accuracy.severity_metrics([r["photo"] for r in glob], [r["kind"] for r in glob],
+                                            [r["severity"] for r in glob], [raw_score(r, method, head) for r in glob],
+                                            kinds)["summary"]
+            rows.append({"damage_share": w, "damage_cells": k} | {m: res[m] for m in SWEPT})
+    return rows
 
 
 def cross_validate(records: Sequence[dict], method: str = METHOD, folds: int = 2,
-                   variants: Sequence[float | None] = (None, 85.0, 90.0, 94.0)) -> list[dict]:
+                   variants: Sequence[float | None] = (None, 85.0, 90.0, 94.0),
+                   head: ScoreScale = NO_PENALTY) -> list[dict]:
     """``folds``-fold cross-validation over the photos (every ``folds``-th photo of the sorted list held out
     in turn): each variant (None: the shipped anchors; a number: also the clean median anchored there) is
     fitted on the other photos and measured on the held-out ones with ``benchmarks.accuracy.scale_fit``
@@ -85,8 +125,8 @@ def cross_validate(records: Sequence[dict], method: str = METHOD, folds: int = 2
     for variant in ("raw", *variants):
         scored = []
         for test, train in zip(held, rest):
-            scale = ScoreScale() if variant == "raw" else fit(train, method, clean_at=variant)
-            scored += [r | {"scores": {method: scale.score_of(r["level_probs"][method])}} for r in test]
+            scale = head if variant == "raw" else fit(train, method, clean_at=variant, head=head)
+            scored += [r | {"scores": {method: scale(raw_score(r, method, head))}} for r in test]
         result = accuracy.scale_fit(scored, method)
         rows.append({"variant": variant if variant in ("raw", None) else f"clean at {variant:g}",
                      "mae": result["mae"], "level_match": result["level_match"]})
@@ -97,9 +137,14 @@ def write(model_dir: Path, scale: ScoreScale, run: dict) -> None:
     """Put ``scale`` into the manifest's config, with where it came from."""
     path = model_dir / "manifest.json"
     doc = json.loads(path.read_text())
+    doc["config"].pop("score", None)
+    if scale.damage_share:
+        doc["config"]["score"] = {"damage_share": scale.damage_share, "damage_cells": scale.damage_cells}
     doc["config"]["calibration"] = {
         "raw": list(scale.raw), "score": list(scale.score),
-        "fitted": {"command": "python -m export.calibrate", "on": run["command"],
+        "fitted": {"command": "python -m export.calibrate" + (
+                       f" --damage-share {scale.damage_share:g} --damage-cells {scale.damage_cells}"
+                       if scale.damage_share else ""), "on": run["command"],
                    "photos": run["n_images"]["photos"],
                    "images": sum(1 for r in run["records"] if r["set"] == "global" and r["severity"])},
     }
@@ -151,16 +196,33 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="where the dev-split run writes its report (default: %(default)s)")
     ap.add_argument("--cv", action="store_true",
                     help="print the two-fold cross-validation of the calibration variants; write nothing")
+    ap.add_argument("--damage-share", type=float, default=None,
+                    help="share of the raw score a fully damaged map takes off (default: the manifest's, else 0)")
+    ap.add_argument("--damage-cells", type=int, default=None,
+                    help="how many of the most damaged cells the damage is the mean of (default: the manifest's)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="print the dev ranking figures for a grid of damage shares and cells; write nothing")
     a = ap.parse_args(argv)
     run = dev_run(a.model_dir, a.records, a.out)
+    current = ScoreScale.of_config(json.loads((a.model_dir / "manifest.json").read_text())["config"])
+    head = ScoreScale(damage_share=current.damage_share if a.damage_share is None else a.damage_share,
+                      damage_cells=current.damage_cells if a.damage_cells is None else a.damage_cells)
+    if a.sweep:
+        print("damage share  cells " + " ".join(f"{m:>10s}" for m in SWEPT))
+        for row in sweep(run["records"], SWEEP_SHARES, SWEEP_CELLS):
+            print(f"{row['damage_share']:12g} {row['damage_cells']:6d} " + " ".join(f"{row[m]:10.3f}" for m in SWEPT))
+        return
     if a.cv:
         header = ("calibration (2-fold CV over dev photos)", "mean |score - trained-for|", "level match")
         print(f"{header[0]:42s} {header[1]:>27s} {header[2]:>12s}")
-        for row in cross_validate(run["records"]):
+        for row in cross_validate(run["records"], head=head):
             name = "anchors (shipped)" if row["variant"] is None else row["variant"]
             print(f"{name:42s} {row['mae']:27.1f} {row['level_match']:12.2f}")
         return
-    scale = fit(run["records"])
+    try:
+        scale = fit(run["records"], head=head)
+    except ValueError as e:
+        raise SystemExit(f"calibrate: {e}; the manifest is unchanged") from e
     for raw, score in zip(scale.raw[1:-1], scale.score[1:-1]):
         print(f"raw {raw:6.2f} -> {score:5.1f}")
     write(a.model_dir, scale, run)

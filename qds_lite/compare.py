@@ -10,7 +10,10 @@ Normal(mu, sigma^2) with
 and for two images, P(i better than j) = Phi((mu_i - mu_j) / sqrt(sigma_i^2 + sigma_j^2)), Phi the standard
 normal CDF. VisualQuality-R1 takes mu and sigma from a group of sampled scores; sampling the level token
 has exactly this mean and variance. The comparison works on the distributions, before the critic's score
-calibration (``qds_lite.scale``); that map is monotone, so ranking by mu and by the reported score agree.
+calibration (``qds_lite.scale``), after the damage penalty its diagnosis map took off the raw score: that
+takes a share of the raw score, so the level's distance above 1, and its spread, shrink by the same share
+(:func:`with_penalty`; critics without a map take nothing off). The calibration is monotone, so ranking by
+mu and by the reported score agree.
 """
 
 from __future__ import annotations
@@ -28,14 +31,25 @@ VAR_FLOOR = 0.01
 
 
 def level_moments(result: Result) -> tuple[float, float]:
-    """(mu, sigma^2) of the result's level distribution, levels numbered 1..5, variance floored."""
+    """(mu, sigma^2) of the result's level distribution, levels numbered 1..5, mu less the damage penalty,
+    variance floored."""
     probs = result.level_probs
     total = sum(probs)
     if not total > 0:
         raise QdsError(f"{result.file}: level distribution is empty")
-    mu = sum((k + 1) * p for k, p in enumerate(probs)) / total
-    var = sum((k + 1 - mu) ** 2 * p for k, p in enumerate(probs)) / total
+    mean = sum((k + 1) * p for k, p in enumerate(probs)) / total
+    var = sum((k + 1 - mean) ** 2 * p for k, p in enumerate(probs)) / total
+    mu, var = with_penalty(mean, var, result.damage_penalty)
     return mu, var + VAR_FLOOR
+
+
+def with_penalty(mean, var, penalty):
+    """Moments of the level (1..5) after the damage penalty: the raw score 25 (level - 1) is scaled by
+    1 - penalty / raw (qds_lite/scale.py takes a share of it), so the level's distance above 1 and its spread
+    shrink by that factor. Floats or NumPy arrays."""
+    raw = 25.0 * (mean - 1.0)
+    factor = 1.0 - penalty / (raw + (raw <= 0))  # no raw score, nothing taken off
+    return 1.0 + (mean - 1.0) * factor, var * factor ** 2
 
 
 def prob_better(a: Result, b: Result) -> float:

@@ -32,7 +32,8 @@ CHECK_COLOUR = (180, 160, 255)  # pale violet, thinner: the checks ground findin
 SEVERITY_COLOURS = ((255, 235, 0), (255, 175, 0), (255, 115, 0), (255, 45, 45), (235, 0, 255))
 LEVEL_COLOURS = ((255, 60, 60), (255, 140, 0), (255, 215, 0), (140, 225, 70), (40, 200, 90))
 # Under the level bars: they are the distribution the critic voted, while the score and its level word may
-# have gone through the critic's calibration (qds_lite/scale.py) and so sit above or below the tallest bar.
+# have gone through the critic's damage penalty and calibration (qds_lite/scale.py) and so sit above or
+# below the tallest bar.
 DISTRIBUTION_CAPTION = "the critic's level distribution"
 
 
@@ -194,7 +195,7 @@ def _panel(result: Result, crops: list[tuple[dict, Image.Image]], width: int, s:
         word = name if _text_size(name, small)[0] <= slot else name[:4] + "."
         _draw_text(draw, (x + slot // 2, bar_bottom + round(8 * s)), word, small, FG if name == result.level
                    else MUTED, centre=True)
-    # the bars are what the critic voted; the score above went through its calibration (qds_lite/scale.py)
+    # the bars are what the critic voted; the score above also read the map and went through the calibration
     caption = DISTRIBUTION_CAPTION if _text_size(DISTRIBUTION_CAPTION, small)[0] <= width - pad - left else \
         "level distribution"
     _draw_text(draw, (left + slot // 8, pad + head_h + round(10 * s)), caption, small, MUTED)

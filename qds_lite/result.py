@@ -51,13 +51,15 @@ class Result:
     # the critic's diagnosis read them after its zooms and checks. None for a critic without a diagnosis.
     # Read-only; not in the JSON trace.
     damage_map: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # Raw score points the diagnosis map took off the verdict's (qds_lite/scale.py); 0 without a damage weight.
+    damage_penalty: float = 0.0
 
     @property
     def trace(self) -> dict:
         """The JSON trace (qds_lite/trace.schema.json)."""
         return {
             "file": self.file, "score": round(self.score, 2), "level": self.level,
-            "level_probs": [round(p, 4) for p in self.level_probs],
+            "level_probs": [round(p, 4) for p in self.level_probs], "damage_penalty": round(self.damage_penalty, 2),
             "findings": [{"type": f.type, "severity": f.severity, "box": list(f.box), "evidence_zoom": f.evidence_zoom}
                          for f in self.findings],
             "steps": list(self.steps), "rationale": self.rationale, "model": self.model, "backend": self.backend,
@@ -91,7 +93,7 @@ def rationale(findings: tuple[Finding, ...], level: str) -> str:
 def build_result(name: str, traj: Trajectory, size: tuple[int, int], model: dict, backend: str,
                  timings_ms: dict, scale: ScoreScale) -> Result:
     probs = tuple(float(p) for p in traj.level_probs)
-    score = scale.score_of(probs)
+    score = scale.score_of(probs, traj.cell_probs)
     level = P.level_of(score)
     zoom_boxes = [P.cell_box(cell) for cell, _ in traj.zooms]
     findings = []
@@ -107,7 +109,7 @@ def build_result(name: str, traj: Trajectory, size: tuple[int, int], model: dict
     found = tuple(findings)
     return Result(file=name, score=score, level=level, level_probs=probs, findings=found, steps=tuple(steps),
                   rationale=rationale(found, level), model=model, backend=backend, timings_ms=timings_ms,
-                  damage_map=_damage_map(traj.cell_probs))
+                  damage_map=_damage_map(traj.cell_probs), damage_penalty=scale.penalty(probs, traj.cell_probs))
 
 
 def _damage_map(cell_probs: np.ndarray | None) -> np.ndarray | None:

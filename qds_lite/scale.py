@@ -1,12 +1,19 @@
 """The score scale: a critic's raw score mapped through the calibration its manifest carries.
 
-The raw score is 100 * (E[level] - 1) / 4 over the predicted level distribution. Trained on synthetic
-severities, the small critic's raw scale comes out compressed on photos it has never seen (a photo with a
-slight defect reads about 59 where training aims at 80; the manifest holds the anchors). Its manifest therefore
-carries ``config["calibration"]``: a monotone piecewise-linear map through anchor points fitted on the
-dev split (``export/calibrate.py``): the median raw score of dev images with one whole-image defect of
-severity s maps to 100 * (1 - s), the score training aims at. A monotone map keeps every ranking;
-critics without the entry (large VLM critics) keep their raw score.
+The raw score is 100 * (E[level] - 1) / 4 over the predicted level distribution, less, for a critic whose
+manifest asks for it (``config["score"]``), a share of it read from its diagnosis map: the verdict's raw
+score times ``damage_share`` times the damage, the mean over the ``damage_cells`` most damaged grid cells
+of 1 - P(clean). The verdict reads three zooms; the map has read every cell (and checked the suspect ones
+at native resolution) and grows more certain as damage grows, so the penalty orders images the verdict
+ties (README, "The score reads the map too"). A share, not a number of points, so the raw score stays
+within 0-100 without clipping (clipped scores tie).
+
+Trained on synthetic severities, the small critic's raw scale comes out compressed on photos it has never
+seen (a photo with a slight defect reads about 59 where training aims at 80; the manifest holds the
+anchors). Its manifest therefore carries ``config["calibration"]``: a monotone piecewise-linear map
+through anchor points fitted on the dev split (``export/calibrate.py``): the median raw score of dev images
+with one whole-image defect of severity s maps to 100 * (1 - s), the score training aims at. A monotone map
+keeps every ranking; critics without the entries (large VLM critics) keep their raw score.
 """
 
 from __future__ import annotations
@@ -28,8 +35,13 @@ class ScoreScale:
 
     raw: tuple[float, ...] = (0.0, 100.0)
     score: tuple[float, ...] = (0.0, 100.0)
+    damage_share: float = 0.0  # share of the raw score a fully damaged map takes off
+    damage_cells: int = 1  # how many of the most damaged cells the damage is the mean of
 
     def __post_init__(self) -> None:
+        if not (0.0 <= self.damage_share <= 1.0 and 1 <= self.damage_cells <= P.N_CELLS):
+            raise ModelError(f"score settings need a damage share from 0 to 1 and 1 to {P.N_CELLS} damage cells, "
+                             f"not {self.damage_share} and {self.damage_cells}")
         if len(self.raw) != len(self.score):
             raise ModelError(f"calibration has {len(self.raw)} raw points but {len(self.score)} scores")
         for name, xs in (("raw", self.raw), ("score", self.score)):
@@ -39,18 +51,31 @@ class ScoreScale:
 
     @classmethod
     def of_config(cls, config: Mapping) -> ScoreScale:
-        """The model's calibration, or the identity where its manifest has none."""
-        entry = config.get("calibration")
-        if entry is None:
-            return cls()
+        """The model's score settings and calibration; no penalty and the identity where its manifest has none."""
+        entry, settings = config.get("calibration"), config.get("score", {})
         try:
-            return cls(tuple(float(v) for v in entry["raw"]), tuple(float(v) for v in entry["score"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelError(f"calibration entry of the manifest is malformed: {e!r}") from e
+            points = ((0.0, 100.0), (0.0, 100.0)) if entry is None else \
+                (tuple(float(v) for v in entry["raw"]), tuple(float(v) for v in entry["score"]))
+            return cls(*points, float(settings.get("damage_share", 0.0)), int(settings.get("damage_cells", 1)))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ModelError(f"score or calibration entry of the manifest is malformed: {e!r}") from e
 
     def __call__(self, raw: float) -> float:
         return float(np.interp(raw, self.raw, self.score))
 
-    def score_of(self, level_probs: Sequence[float]) -> float:
-        """Calibrated score of a level distribution."""
-        return self(P.level_score(level_probs))
+    def penalty(self, level_probs: Sequence[float], cell_probs: np.ndarray | Sequence | None) -> float:
+        """Raw points the diagnosis map takes off the verdict's raw score: that score x ``damage_share`` x the
+        mean of 1 - P(clean) over the ``damage_cells`` most damaged cells of ``cell_probs`` (cells x (types +
+        clean)); 0 without a map."""
+        if not self.damage_share or cell_probs is None:
+            return 0.0
+        damage = np.sort(1.0 - np.asarray(cell_probs, np.float64).reshape(P.N_CELLS, -1)[:, -1])
+        return P.level_score(level_probs) * self.damage_share * float(np.clip(damage[-self.damage_cells:], 0, 1).mean())
+
+    def raw_of(self, level_probs: Sequence[float], cell_probs: np.ndarray | Sequence | None = None) -> float:
+        """Raw score: the level distribution's, less the map's :meth:`penalty`."""
+        return P.level_score(level_probs) - self.penalty(level_probs, cell_probs)
+
+    def score_of(self, level_probs: Sequence[float], cell_probs: np.ndarray | Sequence | None = None) -> float:
+        """Calibrated score of a level distribution and (for a critic with a damage share) its map."""
+        return self(self.raw_of(level_probs, cell_probs))

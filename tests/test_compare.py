@@ -44,6 +44,20 @@ def test_moments_and_value():
             assert prob_better(make(x), make(y)) == pytest.approx(expected(make(x), make(y)), abs=1e-12)
 
 
+def test_the_damage_penalty_shrinks_the_level_as_it_shrinks_the_raw_score():
+    """The score's raw score is the verdict's less a share of it taken by the map (qds_lite/scale.py):
+    compare reads the level scaled the same way towards 1, its spread with it, so it ranks as the scores do."""
+    import dataclasses
+
+    plain = make((0.0, 0.0, 0.5, 0.5, 0.0))  # mean 3.5, raw 62.5, variance 0.25
+    damaged = dataclasses.replace(plain, damage_penalty=12.5)  # a fifth of the raw score
+    mu, var = level_moments(damaged)
+    assert mu == pytest.approx(1 + 2.5 * 0.8) and var == pytest.approx(0.25 * 0.8 ** 2 + VAR_FLOOR)
+    assert prob_better(plain, damaged) > 0.5
+    worst = dataclasses.replace(make((1.0, 0.0, 0.0, 0.0, 0.0)), damage_penalty=0.0)
+    assert level_moments(worst) == pytest.approx((1.0, VAR_FLOOR))  # nothing to take off a raw score of 0
+
+
 def test_symmetric_and_half_for_identical():
     for x in DISTS:
         assert prob_better(make(x), make(x, file="b.jpg")) == 0.5  # certain ones too: the floor avoids 0/0

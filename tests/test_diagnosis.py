@@ -139,7 +139,7 @@ def test_check_cells_are_the_most_suspect_ones_not_yet_zoomed():
 def test_checks_ground_the_findings_and_leave_the_verdict_alone():
     """The shipped critic reads its most suspect unseen cells after the verdict: the verdict and the
     reasoner's zooms are those of a run without checks; the checks are other cells, and --zooms 0 (the
-    glance alone) makes none."""
+    glance alone) makes none. The score reads the map the checks informed (qds_lite/scale.py)."""
     from PIL import Image
 
     import qds_lite
@@ -154,7 +154,9 @@ def test_checks_ground_the_findings_and_leave_the_verdict_alone():
     with_checks = critic.score(image)
     critic._reasoner.diagnosis.check_zooms = 0
     without = critic.score(image)
-    assert with_checks.level_probs == without.level_probs and with_checks.score == without.score
+    assert with_checks.level_probs == without.level_probs
+    for r in (with_checks, without):
+        assert r.score == pytest.approx(critic.scale.score_of(r.level_probs, r.damage_map))
     looks = {tool: [s["box"] for s in with_checks.steps if s["tool"] == tool] for tool in ("zoom", "check")}
     assert looks["zoom"] == [s["box"] for s in without.steps if s["tool"] == "zoom"]
     assert len(looks["check"]) == checks > 0 and not set(map(tuple, looks["check"])) & set(map(tuple, looks["zoom"]))

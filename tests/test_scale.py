@@ -56,10 +56,35 @@ def test_the_shipped_critic_reports_calibrated_scores():
     critic = Critic.load(backend="onnx")
     entry = critic.files.config["calibration"]
     assert entry["fitted"]["on"].startswith("python -m benchmarks.accuracy --split dev")  # never the test split
+    settings = critic.files.config["score"]
     for name in ("coffee_clean.jpg", "coffee_dark.jpg"):
         r = critic.score(DATA / name)
-        assert r.score == pytest.approx(np.interp(P.level_score(r.level_probs), entry["raw"], entry["score"]))
-        assert r.level == P.level_of(r.score)
+        damage = np.sort(1 - r.damage_map[..., -1].ravel())[-settings["damage_cells"]:].mean()
+        raw = P.level_score(r.level_probs) * (1 - settings["damage_share"] * damage)
+        assert r.score == pytest.approx(np.interp(raw, entry["raw"], entry["score"]))
+        assert r.damage_penalty == pytest.approx(P.level_score(r.level_probs) - raw)
+        assert r.level == P.level_of(r.score) and r.trace["damage_penalty"] == round(r.damage_penalty, 2)
+
+
+def test_the_penalty_is_a_share_of_the_verdict_by_the_most_damaged_cells():
+    head = ScoreScale(damage_share=0.5, damage_cells=2)
+    probs = (0.0, 0.0, 0.0, 0.0, 1.0)  # raw 100
+    cells = np.zeros((P.N_CELLS, len(P.FINDING_TYPES) + 1))
+    cells[:, -1] = 1.0  # clean everywhere
+    assert head.penalty(probs, cells) == 0.0 and head.raw_of(probs, cells) == 100.0
+    cells[3, -1], cells[7, -1], cells[9, -1] = 0.2, 0.6, 0.9  # damage 0.8, 0.4, 0.1: the top two mean 0.6
+    assert head.penalty(probs, cells) == pytest.approx(30.0) and head.raw_of(probs, cells) == pytest.approx(70.0)
+    assert head.raw_of((1.0, 0, 0, 0, 0), cells) == 0.0  # a share of 0 stays 0: no clipping, no ties below it
+    assert head.penalty(probs, None) == 0.0 and ScoreScale().penalty(probs, cells) == 0.0
+    cells[:, -1] = 0.0
+    assert ScoreScale(damage_share=1.0, damage_cells=16).raw_of(probs, cells) == 0.0
+
+
+@pytest.mark.parametrize("settings", [{"damage_share": 1.5}, {"damage_share": -0.1}, {"damage_cells": 0},
+                                      {"damage_cells": P.N_CELLS + 1}, {"damage_share": "much"}, []])
+def test_malformed_score_settings_are_a_model_error(settings):
+    with pytest.raises(ModelError, match="score"):
+        ScoreScale.of_config({"score": settings})
 
 
 def _probs(raw: float) -> list[float]:
@@ -71,13 +96,17 @@ def _probs(raw: float) -> list[float]:
     return probs
 
 
-def _records(medians: dict[float, float]) -> list[dict]:
-    """Three global records per severity whose raw scores have the given medians."""
+def _records(medians: dict[float, float], damage: float | None = None) -> list[dict]:
+    """Three global records per severity whose verdicts' raw scores have the given medians; with ``damage``,
+    a diagnosis map that puts that much damage in every cell."""
     out = []
     for sev, med in medians.items():
         for raw in (med - 5.0, med, med + 9.0):
             out.append({"set": "global", "severity": sev, "level_probs": {calibrate.METHOD: _probs(raw)}})
     out.append({"set": "local", "severity": 0.6, "level_probs": {calibrate.METHOD: [0, 0, 0, 0, 1.0]}})  # ignored
+    if damage is not None:
+        for r in out:
+            r["cells"] = {calibrate.METHOD: [[0.0] * len(P.FINDING_TYPES) + [1.0 - damage]] * P.N_CELLS}
     return out
 
 
@@ -112,13 +141,13 @@ def test_cross_validation_measures_each_variant_on_held_out_photos():
     assert rows[None]["level_match"] == pytest.approx(0.8)  # clean photos read good (85), not excellent
 
 
-def _run(split: str = "dev", files: dict | None = None) -> dict:
+def _run(split: str = "dev", files: dict | None = None, damage: float | None = 0.2) -> dict:
     """A dev-split accuracy run of the bundled critic, as benchmarks.accuracy writes it."""
     manifest = json.loads((BUNDLED_DIR / DEFAULT_MODEL / "manifest.json").read_text())
     return {"command": "python -m benchmarks.accuracy --split dev", "settings": {"split": split},
             "model": {"name": DEFAULT_MODEL, "files": files or {f["path"]: f["sha256"] for f in manifest["files"]}},
             "methods": [calibrate.METHOD], "n_images": {"photos": 3},
-            "records": _records({0.0: 62.0, 0.2: 55.0, 0.4: 40.0, 0.6: 26.0, 0.8: 14.0})}
+            "records": _records({0.0: 62.0, 0.2: 55.0, 0.4: 40.0, 0.6: 26.0, 0.8: 14.0}, damage)}
 
 
 def test_calibration_is_fitted_on_the_dev_split_only():
@@ -135,13 +164,52 @@ def test_calibrate_writes_the_fitted_map_into_the_manifest(tmp_path):
     root = tmp_path / "critic"
     shutil.copytree(BUNDLED_DIR / DEFAULT_MODEL, root)
     (tmp_path / "run.json").write_text(json.dumps(_run()))
-    calibrate.main(["--model-dir", str(root), "--records", str(tmp_path / "run.json")])
-    entry = json.loads((root / "manifest.json").read_text())["config"]["calibration"]
-    assert entry["raw"] == pytest.approx([0.0, 14.0, 26.0, 40.0, 55.0, 100.0])
+    calibrate.main(["--model-dir", str(root), "--records", str(tmp_path / "run.json"), "--damage-share", "0.5",
+                    "--damage-cells", "4"])
+    config = json.loads((root / "manifest.json").read_text())["config"]
+    entry = config["calibration"]
+    assert config["score"] == {"damage_share": 0.5, "damage_cells": 4}
+    assert entry["raw"] == pytest.approx([0.0, 12.6, 23.4, 36.0, 49.5, 100.0])  # raw less 0.5 x damage 0.2 of it
     assert entry["fitted"]["on"] == "python -m benchmarks.accuracy --split dev" and entry["fitted"]["images"] == 12
+    assert entry["fitted"]["command"] == "python -m export.calibrate --damage-share 0.5 --damage-cells 4"
     critic = Critic.load(root, backend="onnx")  # the files are untouched, so it still verifies and loads
     r = critic.score(DATA / "coffee_dark.jpg")
-    assert r.score == pytest.approx(np.interp(P.level_score(r.level_probs), entry["raw"], entry["score"]))
+    assert r.score == pytest.approx(np.interp(critic.scale.raw_of(r.level_probs, r.damage_map), entry["raw"],
+                                              entry["score"]))
+    calibrate.main(["--model-dir", str(root), "--records", str(tmp_path / "run.json"), "--damage-share", "0"])
+    config = json.loads((root / "manifest.json").read_text())["config"]
+    assert "score" not in config and config["calibration"]["raw"] == pytest.approx([0.0, 14.0, 26.0, 40.0, 55.0,
+                                                                                     100.0])
+
+
+def test_a_damage_share_needs_the_runs_maps(tmp_path):
+    root = tmp_path / "critic"
+    shutil.copytree(BUNDLED_DIR / DEFAULT_MODEL, root)
+    (tmp_path / "run.json").write_text(json.dumps(_run(damage=None)))
+    with pytest.raises(SystemExit, match="no diagnosis maps"):
+        calibrate.main(["--model-dir", str(root), "--records", str(tmp_path / "run.json"), "--damage-share", "0.5"])
+
+
+def test_the_sweep_ranks_severities_with_each_share_and_writes_nothing(tmp_path, capsys):
+    """Two photos whose verdicts tie across severities; the map's damage grows with severity, so any share
+    breaks the ties the right way."""
+    root = tmp_path / "critic"
+    shutil.copytree(BUNDLED_DIR / DEFAULT_MODEL, root)
+    before = (root / "manifest.json").read_bytes()
+    records = []
+    for photo in ("a.jpg", "b.jpg"):
+        for sev in (0.0, 0.2, 0.4, 0.6, 0.8):
+            r = _records({sev: 50.0}, damage=sev)[0]
+            records.append(r | {"photo": photo, "kind": "haze" if sev else None, "region": None})
+    run = _run() | {"records": records}
+    (tmp_path / "run.json").write_text(json.dumps(run))
+    rows = calibrate.sweep(records, (0.0, 0.5), (1, 4))
+    assert [(r["damage_share"], r["damage_cells"]) for r in rows] == [(0.0, 1), (0.5, 1), (0.5, 4)]
+    assert rows[0]["l_srcc"] == 0.0  # no share: every score ties
+    assert rows[1]["l_srcc"] == pytest.approx(1.0) and rows[2]["cross_srcc"] == pytest.approx(1.0)
+    calibrate.main(["--model-dir", str(root), "--records", str(tmp_path / "run.json"), "--sweep"])
+    assert "damage share" in capsys.readouterr().out
+    assert (root / "manifest.json").read_bytes() == before
 
 
 def test_calibrate_refuses_a_folder_whose_files_do_not_match_its_manifest(tmp_path):
