@@ -1,18 +1,19 @@
 """Fit the edit gate of `qds refine` (:mod:`qds_lite.refine_gate`) on synthetic degradations of held-in photos.
+The shipped gate: train-0, train-1 and train8-K for K = 1, 2, 5 (build/refine-gate/s21/).
 
     python -m export.refine_gate collect --split train --photos 60 --shard 0/2 --out build/refine-gate/train-0.json
     python -m export.refine_gate collect --split train --photos 60 --shard 1/2 --out build/refine-gate/train-1.json
-    python -m export.refine_gate collect --split train --photos 193 --shard 1/4 --out build/refine-gate/train4-1.json
-    python -m export.refine_gate collect --split train --photos 193 --shard 2/4 --out build/refine-gate/train4-2.json
+    python -m export.refine_gate collect --split train --photos 193 --shard K/8 --out build/refine-gate/train8-K.json
     python -m export.refine_gate collect --split dev --photos 26 --out build/refine-gate/dev.json
     python -m export.refine_gate fit --train build/refine-gate/train*.json --dev build/refine-gate/dev.json \\
         [--threshold 0.5] [--trees 150 --depth 4 ...] [--out qds_lite/data/refine_gate.json]
 
 ``collect`` builds, per photo, the refine benchmark's items (the pristine photo and one degradation of every
 kind, global and on a quarter: ``benchmarks.refine.items_for``, with its own seed), lets the shipped critic
-find their faults, and applies *every* candidate edit of every finding refine would try first, recording
-what the gate reads of each (:func:`qds_lite.refine_gate.edit_features`) and whether the edit raised SSIM
-against the pristine photo (the label); collections over overlapping photo lists are read with each item
+find their faults, and applies *every* candidate edit of every finding refine would try first (scored as
+refine scores it: a local edit with the critic looking at its region), recording what the gate reads of
+each (:func:`qds_lite.refine_gate.edit_features`) and whether the edit raised SSIM against the pristine photo
+(the label); collections over overlapping photo lists are read with each item
 once. ``fit`` fits the gate's trees on the train rows (scikit-learn, the ``train`` extra) and reports, on the
 dev rows (photos it never saw), its log-loss and accuracy at its threshold, and what refine's first step
 would do to dev images under the gate at each threshold next to the rule it replaces (keep the
@@ -57,7 +58,9 @@ def collect(split: str, photos: int, shard: tuple[int, int], out: Path, model: s
         before, s0 = critic.score(img), ssim(base, img)
         findings = []
         for f, plan, region in R.fixes(before, img):
-            tried = R.try_candidates(critic, img, before, f, region, R.candidate_edits(f, plan, img, region))
+            candidates = R.candidate_edits(f, plan, img, region)
+            look = R.look_cells(before, f, region, critic.max_zooms)
+            tried = R.try_candidates(critic, img, before, f, region, candidates, look)[1] if candidates else []
             findings.append([{"op": t.op, "score": t.result.score, "features": t.features,
                               "dssim": ssim(base, t.edited) - s0} for t in tried])
         records.append({"photo": it["photo"], "kind": it["kind"], "set": it["set"], "score": before.score,
@@ -83,7 +86,7 @@ def first_step(records: Sequence[dict], choose: Callable[[list[dict]], dict | No
     for r in records:
         d = 0.0
         for cands in r["findings"]:
-            pick = choose([c for c in cands if c["score"] >= r["score"] + margin])
+            pick = choose([c for c in cands if c["features"]["gain"] >= margin])
             if pick is not None:
                 d = pick["dssim"]
                 break
@@ -152,12 +155,12 @@ def fit_gate(train: Sequence[Path], dev: Path, threshold: float, out: Path, comm
     def by_score(cands):
         return max(cands, key=lambda c: c["score"]) if cands else None
 
+    p_of = {id(c): gate.probability(c["features"]) for r in dev_records for f in r["findings"] for c in f}
+
     def by_gate(t):
         def choose(cands):
-            if not cands:
-                return None
-            best = max(cands, key=lambda c: gate.probability(c["features"]))
-            return best if gate.probability(best["features"]) >= t else None
+            best = max(cands, key=lambda c: p_of[id(c)], default=None)
+            return best if best is not None and p_of[id(best)] >= t else None
         return choose
 
     sweep = {"best score (no gate)": first_step(dev_records, by_score, SCORE_MARGIN)}

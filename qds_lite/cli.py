@@ -180,8 +180,9 @@ def refine(photo: str, out: Path, max_steps: int, no_gate: bool, as_json: bool, 
     else:
         for n, step in enumerate(r.steps, 1):
             verdict = "kept" if step.kept else "dropped"
+            looked = ", zoomed there" if step.looked else ""
             click.echo(f"{n}. {step.op:<12} {step.where:<12} {step.score_before:5.1f} -> {step.score_after:5.1f}  "
-                       f"{verdict} ({step.reason})")
+                       f"{verdict} ({step.reason}{looked})")
         click.echo(f"{photo}  {r.initial.score:5.1f} -> {r.final.score:5.1f}")
     click.echo(f"wrote {out}", err=True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -42,15 +42,22 @@ class Critic:
     def backend_name(self) -> str:
         return self.backend.name
 
-    def score(self, image: Source | LoadedImage, *, zooms: int | None = None) -> Result:
+    def score(self, image: Source | LoadedImage, *, zooms: int | None = None, look: Sequence[int] = ()) -> Result:
         """Score a path, bytes, PIL image, HxWx3 uint8 array or an already loaded image (whose timings then
-        report the decode it had when it was loaded)."""
+        report the decode it had when it was loaded).
+
+        ``look``: grid cells (row-major, 0 to ``protocol.N_CELLS`` - 1) the first zooms must go to, as far as
+        the zoom budget goes, instead of where the reasoner would look: two images scored looking at the
+        same cells are compared on the same evidence (refine judges a local edit so).
+        """
         loaded = image if isinstance(image, LoadedImage) else load_image(image)
         budget = self.max_zooms if zooms is None else zooms
         if not 0 <= budget <= P.N_CELLS:
             raise QdsError(f"zoom budget must be between 0 and {P.N_CELLS}, not {budget}")
+        if len(set(look)) != len(look) or not all(0 <= c < P.N_CELLS for c in look):
+            raise QdsError(f"cells to look at must be distinct, from 0 to {P.N_CELLS - 1}: {list(look)}")
         with blas.limited(self.threads):
-            traj = self._reasoner.run(loaded, budget)
+            traj = self._reasoner.run(loaded, budget, look)
         timings = {"decode": loaded.load_ms, "model": traj.model_ms}
         return build_result(loaded.name, traj, loaded.original_size, self.model, self.backend.name, timings,
                             self.scale)

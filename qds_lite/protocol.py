@@ -86,6 +86,13 @@ def cell_box(cell: int) -> tuple[float, float, float, float]:
     return (c / GRID, r / GRID, (c + 1) / GRID, (r + 1) / GRID)
 
 
+def cells_in(box: tuple[float, float, float, float]) -> list[int]:
+    """The grid cells whose centres lie inside a fractional box (x0, y0, x1, y1), row-major."""
+    x0, y0, x1, y1 = box
+    return [r * GRID + c for r in range(GRID) for c in range(GRID)
+            if x0 < (c + 0.5) / GRID < x1 and y0 < (r + 0.5) / GRID < y1]
+
+
 def span_box(cell_tl: int, cell_br: int) -> tuple[float, float, float, float]:
     """Fractional box spanning two cells (top-left and bottom-right corners, in any order)."""
     r0, c0 = divmod(cell_tl, GRID)

@@ -15,6 +15,9 @@ measure), each kind of fix is made at most once over the same part of the image 
 inside one it was made in counts as the same), and the gate (without it, the score) then picks the strength.
 A local finding is fixed inside its box only, blended in with a feathered mask; one that covers most of the
 image is fixed globally, and so is a tonal or colour finding whose fault the rest of the photo shows too.
+A local edit is judged by the critic looking at it: the photo before and each candidate are scored with the
+critic's zooms sent to the region first (:func:`look_cells`), since left to itself the critic often looks
+elsewhere and its score then barely moves whatever the edit did there.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import protocol as P
 from . import refine_ops as ops
 from .atomic import atomic_open
 from .critic import Critic
@@ -73,6 +77,7 @@ class Step:
     kept: bool
     reason: str  # why it was kept or not, in words
     p_better: float | None = None  # the gate's P(the edit brings the photo closer to its original); None: no gate
+    looked: tuple[int, ...] = ()  # cells both verdicts zoomed into first (a local edit); empty: the critic's own
 
     @property
     def where(self) -> str:
@@ -84,7 +89,7 @@ class Step:
                 "score_before": round(self.score_before, 2), "score_after": round(self.score_after, 2),
                 "niqe_before": _round(self.niqe_before), "niqe_after": _round(self.niqe_after),
                 "p_better": _round(self.p_better) if self.p_better is not None else None,
-                "kept": self.kept, "reason": self.reason}
+                "looked": [list(P.cell_box(c)) for c in self.looked], "kept": self.kept, "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -306,45 +311,63 @@ class Tried:
 
 
 def try_candidates(critic: Critic, rgb: np.ndarray, result: Result, finding: Finding, region: Box | None,
-                   candidates: list[Candidate]) -> list[Tried]:
-    """Apply each of ``finding``'s candidate edits (strongest first) to ``region`` and re-score it."""
+                   candidates: list[Candidate], look: tuple[int, ...] = ()) -> tuple[Result, list[Tried]]:
+    """Apply each of ``finding``'s candidate edits (strongest first) to ``region`` and re-score it. Returns
+    the verdict they are compared with, and them: ``result``, the critic's own verdict, or with ``look``
+    (:func:`look_cells` of a local edit) the image before and each edit scored with the first zooms there,
+    because a free re-score often never looks at the region and then cannot see what the edit did."""
+    base = critic.score(rgb, look=look) if look else result
     out = []
     for rank, (name, params) in enumerate(candidates):
         edited = _edit(rgb, region, name, params)
-        res = critic.score(edited)
-        feats = edit_features(finding, region, name, rank, len(candidates), result, res, rgb, edited)
+        res = critic.score(edited, look=look)
+        feats = edit_features(finding, region, name, rank, len(candidates), base, res, rgb, edited)
         out.append(Tried(name, params, edited, res, feats))
-    return out
+    return base, out
+
+
+def look_cells(result: Result, finding: Finding, region: Box | None, budget: int) -> tuple[int, ...]:
+    """The cells the critic zooms into to judge an edit of ``region``: the region's, those the map finds
+    most damaged by ``finding``'s type first, as many as the zoom budget; none for a whole-image edit."""
+    if region is None or budget == 0:
+        return ()
+    cells = P.cells_in(region)
+    if result.damage_map is not None:
+        damage = result.damage_map.reshape(P.N_CELLS, -1)[:, P.FINDING_TYPES.index(finding.type)]
+        cells.sort(key=lambda c: -damage[c])
+    return tuple(cells[:budget])
 
 
 def _try(critic: Critic, rgb: np.ndarray, result: Result, nat: float, finding: Finding, region: Box | None,
          candidates: list[Candidate], margin: float, slack: float, gate: EditGate | None
          ) -> tuple[Step, np.ndarray, Result, float]:
     """Apply every candidate edit; among those that raise the score by ``margin`` (and, with a gate, that it
-    passes), the first in order of the gate's P (without a gate: of score) that NIQE does not object to wins."""
-    tried = try_candidates(critic, rgb, result, finding, region, candidates)
-    rising = [t for t in tried if t.result.score >= result.score + margin]
+    passes), the first in order of the gate's P (without a gate: of score) that NIQE does not object to wins.
+    The result returned is the critic's own verdict of the image it leaves."""
+    looked = look_cells(result, finding, region, critic.max_zooms)
+    base, tried = try_candidates(critic, rgb, result, finding, region, candidates, looked)
+    rising = [t for t in tried if t.result.score >= base.score + margin]
     if gate is None:
         ranked = [(t, None) for t in sorted(rising, key=lambda t: t.result.score, reverse=True)]
     else:
         ranked = sorted(((t, gate.probability(t.features)) for t in rising), key=lambda tp: tp[1], reverse=True)
     top, p = ranked[0] if ranked else (max(tried, key=lambda t: t.result.score), None)
-    nat_top, reason = float("nan"), f"score {top.result.score - result.score:+.1f} < +{margin:g}"
+    nat_top, reason = float("nan"), f"score {top.result.score - base.score:+.1f} < +{margin:g}"
     if gate is not None and ranked and p < gate.threshold:
-        reason = f"score {top.result.score - result.score:+.1f}, P(better) {p:.2f} < {gate.threshold:g}"
+        reason = f"score {top.result.score - base.score:+.1f}, P(better) {p:.2f} < {gate.threshold:g}"
     for t, p_t in ranked:
         if p_t is not None and p_t < gate.threshold:
             break
         nat_after = _naturalness(t.edited)
-        gain = f"score {t.result.score - result.score:+.1f}" + ("" if p_t is None else f", P(better) {p_t:.2f}")
+        gain = f"score {t.result.score - base.score:+.1f}" + ("" if p_t is None else f", P(better) {p_t:.2f}")
         if not nat_after > nat + slack:  # NaN (no guard possible) passes
-            step = Step(finding.type, t.op, t.params, region, result.score, t.result.score, nat, nat_after, True,
-                        f"{gain}, NIQE {nat_after - nat:+.2f}", p_t)
-            return step, t.edited, t.result, nat_after
+            step = Step(finding.type, t.op, t.params, region, base.score, t.result.score, nat, nat_after, True,
+                        f"{gain}, NIQE {nat_after - nat:+.2f}", p_t, looked)
+            return step, t.edited, t.result if not looked else critic.score(t.edited), nat_after
         if t is top:
             nat_top, reason = nat_after, f"{gain}, NIQE {nat_after - nat:+.2f} > +{slack:g}"
-    step = Step(finding.type, top.op, top.params, region, result.score, top.result.score, nat, nat_top, False,
-                reason, p)
+    step = Step(finding.type, top.op, top.params, region, base.score, top.result.score, nat, nat_top, False,
+                reason, p, looked)
     return step, rgb, result, nat
 
 

@@ -11,7 +11,7 @@ findings it may report and their boxes are grounded in it.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,21 +50,24 @@ class Reasoner:
         tokens = mlp(self.weights, "proj", features)
         return tokens + self.slot_embd[slot0:slot0 + len(tokens)]
 
-    def run(self, image: LoadedImage, max_zooms: int = P.DEFAULT_ZOOMS) -> Trajectory:
+    def run(self, image: LoadedImage, max_zooms: int = P.DEFAULT_ZOOMS, look: Sequence[int] = ()) -> Trajectory:
+        """One trajectory. ``look``: cells the first zooms must go to, in order (as far as the budget goes);
+        the reasoner chooses the rest."""
         t0 = time.perf_counter()
         grammar = P.Grammar(max_zooms)
         traj = Trajectory()
+        look = list(look)
         session = self.backend.start()
         glance = self.backend.encode(image.glance)
         cells = self.diagnosis.start(glance, image.sample) if self.diagnosis else None
         first = [self.tok_embd[[P.BOS]], self.visual_tokens(glance, P.GLANCE_SLOT0)]
         grammar.begin()
-        logits = session.step(np.concatenate(first + [self.tok_embd[self._append_forced(grammar, traj, cells)]]))
+        logits = session.step(np.concatenate(first + [self.tok_embd[self._append_forced(grammar, traj, cells, look)]]))
         while True:
             state = grammar.state
             if state == "level":  # <stop> is in: its logits over the level tokens are the verdict
                 traj.level_probs = softmax(logits[list(P.LEVEL_IDS)].astype(np.float64))
-            allowed = np.array(self._allowed(grammar, cells))
+            allowed = np.array(self._allowed(grammar, cells, look))
             if cells is not None:
                 logits = cells.weigh(state, logits)
             token = int(allowed[np.argmax(logits[allowed])])
@@ -75,13 +78,15 @@ class Reasoner:
                 self._check(image, cells, traj)
             if state == "after_zoom":
                 cell = token - P.CELL0
+                if look and look[0] == cell:
+                    look.pop(0)
                 window, box = zoom_window(image.full, cell)
                 traj.zooms.append((cell, box))
                 zoom = self.backend.encode(window)
                 if cells is not None:
                     cells.zoomed(cell, zoom, window)
                 new.append(self.visual_tokens(zoom, P.ZOOM_SLOT0))
-            forced = self._append_forced(grammar, traj, cells)
+            forced = self._append_forced(grammar, traj, cells, look)
             if grammar.done:  # <eos>: nothing more to feed
                 break
             logits = session.step(np.concatenate(new + [self.tok_embd[forced]]))
@@ -100,18 +105,23 @@ class Reasoner:
             traj.checks.append((cell, box))
 
     @staticmethod
-    def _allowed(grammar: P.Grammar, cells: CellMap | None) -> tuple[int, ...]:
+    def _allowed(grammar: P.Grammar, cells: CellMap | None, look: Sequence[int] = ()) -> tuple[int, ...]:
         allowed = grammar.allowed()
+        if look and grammar.state == "looking" and P.ZOOM in allowed:
+            return (P.ZOOM,)
+        if look and grammar.state == "after_zoom":
+            return (P.CELL0 + look[0],)
         return allowed if cells is None else cells.restrict(grammar, allowed)
 
     @classmethod
-    def _append_forced(cls, grammar: P.Grammar, traj: Trajectory, cells: CellMap | None) -> list[int]:
+    def _append_forced(cls, grammar: P.Grammar, traj: Trajectory, cells: CellMap | None,
+                       look: Sequence[int] = ()) -> list[int]:
         """Advance over tokens left no choice about (<stop> once the zoom budget is spent, <eos> after the
         last finding, a grounded finding's box): they join the next step's input instead of costing a step
         of their own, whose logits nobody would read. A zoom's cell is never forced: it brings visual tokens."""
         forced = []
-        while not grammar.done and grammar.state != "after_zoom" and len(cls._allowed(grammar, cells)) == 1:
-            token = cls._allowed(grammar, cells)[0]
+        while not grammar.done and grammar.state != "after_zoom" and len(cls._allowed(grammar, cells, look)) == 1:
+            token = cls._allowed(grammar, cells, look)[0]
             grammar.advance(token)
             traj.tokens.append(token)
             forced.append(token)

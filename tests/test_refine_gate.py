@@ -207,10 +207,21 @@ def test_fit_gate_writes_a_gate_that_learned_which_edits_help(tmp_path):
 
 
 class _BrightnessCritic:
-    """Scores a photo by its mean level: every brightening raises the score, the strongest the most."""
+    """Scores a photo by its mean level: every brightening raises the score, the strongest the most. Told
+    where to look, by the mean level there (the cells of the look, on refine's 4 x 4 grid)."""
 
-    def score(self, rgb: np.ndarray) -> Result:
-        return _result(float(np.asarray(rgb, np.float64).mean()))
+    max_zooms = 3
+
+    def __init__(self) -> None:
+        self.looks: list[tuple[int, ...]] = []
+
+    def score(self, rgb: np.ndarray, look: tuple[int, ...] = ()) -> Result:
+        self.looks.append(tuple(look))
+        a = np.asarray(rgb, np.float64)
+        if look:
+            h, w = a.shape[0] // 4, a.shape[1] // 4
+            a = np.stack([a[c // 4 * h:(c // 4 + 1) * h, c % 4 * w:(c % 4 + 1) * w] for c in look])
+        return _result(float(a.mean()))
 
 
 def _gate_preferring_milder() -> EditGate:
@@ -294,3 +305,42 @@ def test_fit_gate_records_the_shipped_gates_sha256(tmp_path):
     check_package_data(gate, "gate")
     assert json.loads((tmp_path / "manifest.json").read_text())["files"] == {
         "refine_gate.json": sha256_file(gate), "other": "x"}
+
+
+def test_a_local_edit_is_judged_by_the_critic_looking_at_it(monkeypatch):
+    """A brightened quarter moves the whole photo's score little; scored looking at the quarter, a lot. The
+    kept step records where both verdicts looked, and refine goes on from the critic's own verdict."""
+    from qds_lite import refine as R
+
+    rgb = np.full((64, 64, 3), 120, np.uint8)
+    rgb[:32, :32] = 40
+    finding = _finding("underexposure", box=(0.0, 0.0, 0.5, 0.5))
+    before = _result(float(rgb.mean()), finding)
+    critic = _BrightnessCritic()
+    monkeypatch.setattr(R, "_naturalness", lambda img: 0.0)
+    step, edited, after, _ = R._try(critic, rgb, before, 0.0, finding, finding.box,
+                                    [("exposure", {"gain": 2.0})], 0.5, 0.3, None)
+    assert step.kept and step.looked == (0, 1, 4)  # the quarter's cells, as many as the zoom budget
+    assert step.score_before == pytest.approx(40.0) and step.score_after > 50.0  # the quarter's own levels
+    assert critic.looks == [(0, 1, 4), (0, 1, 4), ()]  # before and the edit looking there, then a free verdict
+    assert after.score == pytest.approx(float(edited.mean()))
+    assert step.score_after - step.score_before > 2 * (after.score - before.score)
+    assert step.to_json()["looked"] == [[0.0, 0.0, 0.25, 0.25], [0.25, 0.0, 0.5, 0.25], [0.0, 0.25, 0.25, 0.5]]
+    critic.looks.clear()
+    step, *_ = R._try(critic, rgb, before, 0.0, finding, None, [("exposure", {"gain": 2.0})], 0.5, 0.3, None)
+    assert step.looked == () and critic.looks == [()]  # a whole-image edit: the critic's own verdict, once
+
+
+def test_the_cells_to_look_at_are_the_regions_most_damaged_first():
+    from qds_lite import protocol as P
+    from qds_lite.refine import look_cells
+
+    finding = _finding("noise", box=(0.5, 0.5, 1.0, 1.0))
+    damage = np.zeros((P.GRID, P.GRID, len(P.FINDING_TYPES) + 1), np.float32)
+    damage[3, 3, P.FINDING_TYPES.index("noise")] = 0.9
+    damage[2, 3, P.FINDING_TYPES.index("noise")] = 0.5
+    damage[0, 0, P.FINDING_TYPES.index("noise")] = 1.0  # outside the region
+    result = dataclasses.replace(_result(50.0, finding), damage_map=damage)
+    assert look_cells(result, finding, finding.box, 3) == (15, 11, 10)
+    assert look_cells(_result(50.0, finding), finding, finding.box, 3) == (10, 11, 14)  # no map: in order
+    assert look_cells(result, finding, finding.box, 0) == () and look_cells(result, finding, None, 3) == ()

@@ -79,3 +79,25 @@ def test_forced_tokens_cost_no_step_and_change_nothing(model_files, weights, max
     forced = len(tokens) - decisions(tokens, max_zooms)
     assert forced >= 1  # at least <stop> once the budget is spent, or <eos> after the last finding
     assert backend.steps == decisions(tokens, max_zooms)  # one step per decision, none wasted
+
+
+def test_look_sends_the_first_zooms_where_asked_and_the_reasoner_chooses_the_rest(model_files, weights):
+    image = load_image(SAMPLES[0])
+    reasoner = Reasoner(NumpyBackend(model_files, weights), weights)
+    free = [c for c, _ in reasoner.run(image, 3).zooms]
+    far = next(c for c in range(P.N_CELLS - 1, -1, -1) if c not in free)
+    looked = reasoner.run(image, 3, look=[far])
+    assert [c for c, _ in looked.zooms][:1] == [far] and len(looked.zooms) == 3
+    assert looked.level_probs.sum() == pytest.approx(1.0)
+    assert [c for c, _ in reasoner.run(image, 2, look=[far, 0, 5]).zooms] == [far, 0]  # the budget still rules
+    assert reasoner.run(image, 0, look=[far]).zooms == []
+
+
+def test_score_refuses_cells_it_cannot_look_at():
+    import qds_lite
+    from qds_lite.errors import QdsError
+
+    critic = qds_lite.load(backend="numpy")
+    for bad in ([3, 3], [P.N_CELLS], [-1]):
+        with pytest.raises(QdsError, match="cells to look at"):
+            critic.score(SAMPLES[0], look=bad)
