@@ -59,8 +59,7 @@ def collect(split: str, photos: int, shard: tuple[int, int], out: Path, model: s
         findings = []
         for f, plan, region in R.fixes(before, img):
             candidates = R.candidate_edits(f, plan, img, region)
-            look = R.look_cells(before, f, region, critic.max_zooms)
-            tried = R.try_candidates(critic, img, before, f, region, candidates, look)[1] if candidates else []
+            tried = R.try_candidates(critic, img, before, f, region, candidates)[2] if candidates else []
             findings.append([{"op": t.op, "score": t.result.score, "features": t.features,
                               "dssim": ssim(base, t.edited) - s0} for t in tried])
         records.append({"photo": it["photo"], "kind": it["kind"], "set": it["set"], "score": before.score,

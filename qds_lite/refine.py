@@ -311,11 +311,13 @@ class Tried:
 
 
 def try_candidates(critic: Critic, rgb: np.ndarray, result: Result, finding: Finding, region: Box | None,
-                   candidates: list[Candidate], look: tuple[int, ...] = ()) -> tuple[Result, list[Tried]]:
+                   candidates: list[Candidate]) -> tuple[tuple[int, ...], Result, list[Tried]]:
     """Apply each of ``finding``'s candidate edits (strongest first) to ``region`` and re-score it. Returns
-    the verdict they are compared with, and them: ``result``, the critic's own verdict, or with ``look``
-    (:func:`look_cells` of a local edit) the image before and each edit scored with the first zooms there,
-    because a free re-score often never looks at the region and then cannot see what the edit did."""
+    the cells the verdicts looked at first (:func:`look_cells`; none for a whole-image edit), the verdict
+    the edits are compared with, and them: for a whole-image edit ``result``, the critic's own verdict; for a
+    local one the image before and each edit scored with the first zooms on the region, because a free
+    re-score often never looks there and then cannot see what the edit did."""
+    look = look_cells(result, finding, region, critic.max_zooms)
     base = critic.score(rgb, look=look) if look else result
     out = []
     for rank, (name, params) in enumerate(candidates):
@@ -323,7 +325,7 @@ def try_candidates(critic: Critic, rgb: np.ndarray, result: Result, finding: Fin
         res = critic.score(edited, look=look)
         feats = edit_features(finding, region, name, rank, len(candidates), base, res, rgb, edited)
         out.append(Tried(name, params, edited, res, feats))
-    return base, out
+    return look, base, out
 
 
 def look_cells(result: Result, finding: Finding, region: Box | None, budget: int) -> tuple[int, ...]:
@@ -344,8 +346,7 @@ def _try(critic: Critic, rgb: np.ndarray, result: Result, nat: float, finding: F
     """Apply every candidate edit; among those that raise the score by ``margin`` (and, with a gate, that it
     passes), the first in order of the gate's P (without a gate: of score) that NIQE does not object to wins.
     The result returned is the critic's own verdict of the image it leaves."""
-    looked = look_cells(result, finding, region, critic.max_zooms)
-    base, tried = try_candidates(critic, rgb, result, finding, region, candidates, looked)
+    looked, base, tried = try_candidates(critic, rgb, result, finding, region, candidates)
     rising = [t for t in tried if t.result.score >= base.score + margin]
     if gate is None:
         ranked = [(t, None) for t in sorted(rising, key=lambda t: t.result.score, reverse=True)]

@@ -51,7 +51,7 @@ class Result:
     # the critic's diagnosis read them after its zooms and checks. None for a critic without a diagnosis.
     # Read-only; not in the JSON trace.
     damage_map: np.ndarray | None = field(default=None, compare=False, repr=False)
-    # Raw score points the diagnosis map took off the verdict's (qds_lite/scale.py); 0 without a damage weight.
+    # Raw score points the diagnosis map took off the verdict's (qds_lite/scale.py); 0 without a damage share.
     damage_penalty: float = 0.0
 
     @property
