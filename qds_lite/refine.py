@@ -136,16 +136,25 @@ def _noise_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
     return [("denoise", {"h_luma": round(k * luma, 2), "h_chroma": round(k * h_chroma, 2)}) for k in STRENGTHS]
 
 
-def _exposure_ops(f: Finding, rgb: np.ndarray) -> list[Candidate]:
+def _exposure_ops(f: Finding, rgb: np.ndarray, below_rest: float | None = None) -> list[Candidate]:
     """Gains in linear light, each bounded by what the histogram shows, so that a finding the pixels do not
     bear out leads to nothing: darken only where highlights are blown, and no further than a mid-grey key;
-    brighten only while the brightest pixels are well below white, and no further than white."""
+    brighten only while the brightest pixels are well below white, and no further than white.
+
+    ``below_rest``: for a local fault, the stops its box is below the rest of the photo (negative: above).
+    A box is lifted (or darkened) no further than the rest's key: a local exposure fault is a part of the
+    photo darker or brighter than the photo around it, and taking it past its surroundings, the severity's
+    full gain, turned the dark sky of a clean dusk photo into a bright patch (SSIM 0.97 on a test photo)."""
     if f.type == "overexposure":
         if ops.clipped_share(rgb) < MIN_CLIPPED:
             return []
         gain = max(2.0 ** -(0.1 + 2.0 * f.severity), min(1.0, ops.key_gain(rgb)))
+        if below_rest is not None:
+            gain = max(gain, 2.0 ** below_rest)
     else:
         gain = min(ops.white_gain(rgb), 2.0 ** (0.65 + 2.85 * f.severity))
+        if below_rest is not None:
+            gain = min(gain, 2.0 ** below_rest)
     if abs(math.log2(gain)) < MIN_EV:
         return []
     return [("exposure", {"gain": round(gain ** k, 3)}) for k in (1.0, 0.75, 0.5)]
@@ -250,6 +259,8 @@ def fixes(result: Result, rgb: np.ndarray) -> Iterator[tuple[Finding, Callable, 
 def candidate_edits(finding: Finding, plan: Callable, rgb: np.ndarray, region: Box | None) -> list[Candidate]:
     """The edits ``plan`` proposes for ``finding`` in ``region``, measured where the edit acts in full;
     none when the pixels there do not bear the finding out."""
+    if plan is _exposure_ops and region is not None:
+        return plan(finding, _crop(rgb, region), below_rest=_stops_below_rest(_measure_view(rgb), region))
     return plan(finding, _crop(rgb, region))
 
 
@@ -274,22 +285,40 @@ def _fault_region(finding: Finding, rgb: np.ndarray) -> Box | None:
         return None
     if finding.type not in ("underexposure", "overexposure", "low_contrast", "haze", "color_cast"):
         return finding.box
-    step = max(1, math.isqrt(rgb.shape[0] * rgb.shape[1] // 250_000))  # ~250k pixels are plenty for these
-    view = rgb[::step, ::step]
+    view = _measure_view(rgb)
     x0, y0, x1, y1 = _pixels(finding.box, *view.shape[:2])
-    outside = np.ones(view.shape[:2], bool)
-    outside[y0:y1, x0:x1] = False
-    if not outside.any() or y1 <= y0 or x1 <= x0:
-        return None
-    rest = view[outside]
+    if y1 <= y0 or x1 <= x0 or (x1 - x0) * (y1 - y0) == view.shape[0] * view.shape[1]:
+        return None  # nothing inside, or nothing outside, at this view's scale
     if finding.type == "color_cast":
-        local = ops.cast_strength(rest) < MIN_CAST
+        local = ops.cast_strength(_outside(view, finding.box)) < MIN_CAST
     elif finding.type in ("low_contrast", "haze"):
-        local = ops.tonal_range(rest) > MAX_RANGE
+        local = ops.tonal_range(_outside(view, finding.box)) > MAX_RANGE
     else:
-        darker = math.log2(ops.key(rest) / ops.key(view[y0:y1, x0:x1]))  # stops the box is below the rest
+        darker = _stops_below_rest(view, finding.box)
         local = (darker if finding.type == "underexposure" else -darker) >= MIN_EV
     return finding.box if local else None
+
+
+def _measure_view(rgb: np.ndarray) -> np.ndarray:
+    """Every step-th pixel of ``rgb`` each way: ~250k pixels are plenty for the tonal and colour measures."""
+    step = max(1, math.isqrt(rgb.shape[0] * rgb.shape[1] // 250_000))
+    return rgb[::step, ::step]
+
+
+def _outside(view: np.ndarray, box: Box) -> np.ndarray:
+    """The pixels of ``view`` outside ``box`` (N x 3; the whole view when the box covers it all)."""
+    x0, y0, x1, y1 = _pixels(box, *view.shape[:2])
+    outside = np.ones(view.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    return view[outside] if outside.any() else view.reshape(-1, 3)
+
+
+def _stops_below_rest(view: np.ndarray, box: Box) -> float:
+    """How many stops the key of ``box`` is below the key of the rest of ``view`` (negative: above)."""
+    x0, y0, x1, y1 = _pixels(box, *view.shape[:2])
+    if y1 <= y0 or x1 <= x0:
+        return 0.0
+    return math.log2(ops.key(_outside(view, box)) / ops.key(view[y0:y1, x0:x1]))
 
 
 def _covers(made: Box | None, region: Box | None) -> bool:
