@@ -991,8 +991,8 @@ def _parser() -> argparse.ArgumentParser:
     p = benchmark_parser("accuracy", __doc__, DEFAULT_OUT)
     p.add_argument("--backends", default="onnx,numpy,gguf",
                    help="comma-separated critic backends (onnx, gguf, numpy) and variants built from the same weights "
-                   "(torch: the fp32 reference, onnx-int8, gguf-q4_0; benchmarks/variants.py); ones that cannot "
-                   "load are skipped (default: %(default)s)")
+                   "(torch: the fp32 reference, onnx-int8, onnx-int8-reasoner, gguf-q4_0; benchmarks/variants.py); "
+                   "ones that cannot load are skipped (default: %(default)s)")
     p.add_argument("--levels", default=str(len(DEFAULT_LEVELS)),
                    help="N evenly spaced severity levels k/(N+1), or a comma list such as 0.3,0.7 "
                    "(default: %(default)s)")

@@ -1,6 +1,6 @@
 """Critic variants the accuracy benchmark runs beside the shipped backends (issue: every backend and
-quantization in the same run): the PyTorch fp32 reference, the static int8 encoder and the GGUF Q4_0
-reasoner.
+quantization in the same run): the PyTorch fp32 reference, the static int8 encoder, the dynamic int8
+ONNX reasoner and the GGUF Q4_0 reasoner.
 
 None of them ships. Each is built here from the shipped weights (``critic.npz``), the same way
 ``export.build`` makes the shipped files, and cached under ``build/bench/variants/<model sha256>/``:
@@ -9,6 +9,8 @@ None of them ships. Each is built here from the shipped weights (``critic.npz``)
   interface, so the same decoding loop runs on the reference maths;
 * ``onnx-int8``: the fp32 encoder quantized by ``export.onnx_export.quantize_encoder`` (calibrated on
   dev-split photos, never test), with the fp32 ONNX reasoner;
+* ``onnx-int8-reasoner``: the fp32 encoder with the reasoner's MatMuls dynamically quantized to int8 by
+  ``export.onnx_export.quantize_reasoner`` (the part of the critic the GGUF files quantize);
 * ``gguf-q4_0``: the gguf backend with the reasoner written as Q4_0 by ``export.gguf_export`` (checked
   against the reference there) instead of the shipped Q8_0.
 
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-VARIANTS = ("torch", "onnx-int8", "gguf-q4_0")
+VARIANTS = ("torch", "onnx-int8", "onnx-int8-reasoner", "gguf-q4_0")
 CACHE = Path(__file__).resolve().parents[1] / "build" / "bench" / "variants"
 
 
@@ -80,6 +82,16 @@ def _int8_encoder(files, folder: Path) -> Path:
     return path
 
 
+def _int8_reasoner(files, folder: Path) -> Path:
+    path = folder / "reasoner.int8.onnx"
+    if not path.exists():
+        from export.onnx_export import quantize_reasoner
+
+        folder.mkdir(parents=True, exist_ok=True)
+        quantize_reasoner(files.path("reasoner_onnx"), path)
+    return path
+
+
 def _q4_0_reasoner(files, weights, folder: Path) -> Path:
     path = folder / "reasoner.q4_0.gguf"
     if not path.exists():
@@ -108,6 +120,12 @@ def load(name: str, model: str | None = None, threads: int | None = None, cache:
 
         backend = OnnxBackend(files, threads)
         backend.encode = OnnxEncoder(_int8_encoder(files, folder), threads)
+        backend.name = name
+    elif name == "onnx-int8-reasoner":
+        from qds_lite.backends.onnx_backend import OnnxBackend, session
+
+        backend = OnnxBackend(files, threads)
+        backend.reasoner = session(_int8_reasoner(files, folder), 1)
         backend.name = name
     elif name == "gguf-q4_0":
         from qds_lite.backends.gguf_backend import GGUFBackend, GGUFReasoner

@@ -1,5 +1,6 @@
 """The accuracy benchmark's critic variants (``benchmarks/variants.py``): the PyTorch reference behind the
-runtime loop, the int8 encoder and the Q4_0 reasoner, each built from the shipped weights."""
+runtime loop, the int8 encoder, the int8 ONNX reasoner and the Q4_0 reasoner, each built from the shipped
+weights."""
 
 from __future__ import annotations
 
@@ -55,6 +56,20 @@ def test_int8_encoder_is_calibrated_on_dev_photos(numpy_result, tmp_path):
     got = variants.load("onnx-int8", cache=tmp_path).score(IMAGE)
     assert sorted(tmp_path.rglob("encoder.int8.onnx"))
     assert [f.type for f in got.findings] == [f.type for f in numpy_result.findings]
+
+
+def test_int8_reasoner_is_quantized_except_its_output_head(numpy_result, tmp_path):
+    import onnx
+
+    got = variants.load("onnx-int8-reasoner", cache=tmp_path).score(IMAGE)
+    (built,) = tmp_path.rglob("reasoner.int8.onnx")
+    graph = onnx.load(str(built)).graph
+    kinds = {n.op_type for n in graph.node}
+    assert "MatMulInteger" in kinds or "DynamicQuantizeMatMul" in kinds  # int8 products, not fp32 ones
+    head = [n for n in graph.node if "logits" in n.output]
+    assert [n.op_type for n in head] == ["MatMul"]  # the output head stays fp32
+    assert [f.type for f in got.findings] == [f.type for f in numpy_result.findings]
+    assert got.score == pytest.approx(numpy_result.score, abs=1.0)  # the parity contract of quantized backends
 
 
 def test_unknown_variant_is_refused():
