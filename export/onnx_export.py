@@ -135,10 +135,12 @@ def quantize_reasoner(fp32_path: Path, out_path: Path) -> None:
 
     pre = out_path.with_suffix(".pre.onnx")  # the export's weights are Constant nodes; this makes them initializers
     quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-    head = [n.name for n in onnx.load(str(pre)).graph.node if "logits" in n.output]
-    quantize_dynamic(str(pre), str(out_path), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul"], nodes_to_exclude=head)
-    pre.unlink()
+    try:
+        head = [n.name for n in onnx.load(str(pre)).graph.node if "logits" in n.output]
+        quantize_dynamic(str(pre), str(out_path), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"], nodes_to_exclude=head)
+    finally:
+        pre.unlink(missing_ok=True)
 
 
 def verify_encoder(arrays: dict[str, np.ndarray], path: Path, views: list[np.ndarray], atol: float) -> float:

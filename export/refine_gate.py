@@ -1,7 +1,8 @@
 """Fit the edit gate of `qds refine` (:mod:`qds_lite.refine_gate`) on synthetic degradations of held-in photos.
 The shipped gate: every train photo, from train-0, train-1 and train8-K for K = 1, 2, 5
 (build/refine-gate/s21/) and train8-K for K = 0, 3, 4, 6, 7 (build/refine-gate/s22/); dev rows from
-build/refine-gate/s22/dev.json (collected after local exposure fixes were bounded by the rest of the photo).
+build/refine-gate/s22/dev.json. The s22 collections and dev rows were made after local exposure fixes were
+bounded by the rest of the photo, the s21 ones before (read first, their items win where photos overlap).
 
     python -m export.refine_gate collect --split train --photos 60 --shard 0/2 --out build/refine-gate/train-0.json
     python -m export.refine_gate collect --split train --photos 60 --shard 1/2 --out build/refine-gate/train-1.json

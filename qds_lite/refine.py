@@ -149,12 +149,12 @@ def _exposure_ops(f: Finding, rgb: np.ndarray, below_rest: float | None = None) 
         if ops.clipped_share(rgb) < MIN_CLIPPED:
             return []
         gain = max(2.0 ** -(0.1 + 2.0 * f.severity), min(1.0, ops.key_gain(rgb)))
-        if below_rest is not None:
-            gain = max(gain, 2.0 ** below_rest)
+        if below_rest is not None:  # never brighter: a box darker than the rest is left as it is
+            gain = max(gain, 2.0 ** min(below_rest, 0.0))
     else:
         gain = min(ops.white_gain(rgb), 2.0 ** (0.65 + 2.85 * f.severity))
-        if below_rest is not None:
-            gain = min(gain, 2.0 ** below_rest)
+        if below_rest is not None:  # never darker: a box brighter than the rest is left as it is
+            gain = min(gain, 2.0 ** max(below_rest, 0.0))
     if abs(math.log2(gain)) < MIN_EV:
         return []
     return [("exposure", {"gain": round(gain ** k, 3)}) for k in (1.0, 0.75, 0.5)]
@@ -258,7 +258,8 @@ def fixes(result: Result, rgb: np.ndarray) -> Iterator[tuple[Finding, Callable, 
 
 def candidate_edits(finding: Finding, plan: Callable, rgb: np.ndarray, region: Box | None) -> list[Candidate]:
     """The edits ``plan`` proposes for ``finding`` in ``region``, measured where the edit acts in full;
-    none when the pixels there do not bear the finding out."""
+    none when the pixels there do not bear the finding out. A local exposure fix is also bounded by how far
+    the whole box (feather included) is below or above the rest of the photo (:func:`_exposure_ops`)."""
     if plan is _exposure_ops and region is not None:
         return plan(finding, _crop(rgb, region), below_rest=_stops_below_rest(_measure_view(rgb), region))
     return plan(finding, _crop(rgb, region))

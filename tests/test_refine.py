@@ -223,11 +223,11 @@ def test_a_tonal_or_colour_fault_is_fixed_where_it_is():
                          scene) is None
 
 
-
 def test_a_local_exposure_fix_stops_at_the_rest_of_the_photo():
     """A box darker than the rest is lifted no further than the rest's key, whatever the severity says (the
     severity's gain alone took the dusk sky of a clean photo far above the rest of it); a box brighter than
-    the rest is darkened no further than the rest either. A whole-image fix has no rest to stop at."""
+    the rest is darkened no further than the rest either; the bound never turns a fix around (a box brighter
+    than the rest is not darkened for underexposure); a whole-image fix has no rest to stop at."""
     from qds_lite.refine import _crop, _exposure_ops, candidate_edits
     from qds_lite.result import Finding
 
@@ -237,18 +237,22 @@ def test_a_local_exposure_fix_stops_at_the_rest_of_the_photo():
     box = (0.5, 0.0, 1.0, 1.0)
     left, right = np.s_[:, : scene.shape[1] // 2], np.s_[:, scene.shape[1] // 2:]
 
-    def gain(kind: str, rest: float, inside: float, bounded: bool = True) -> float:
+    def gains(kind: str, rest: float, inside: float, region=box, bounded: bool = True) -> list[float]:
         rgb = scene.copy()
         rgb[left] = refine_ops.exposure(np.ascontiguousarray(scene[left]), rest)
         rgb[right] = refine_ops.exposure(np.ascontiguousarray(scene[right]), inside)
         found = Finding(type=kind, severity=0.9, box=box, evidence_zoom=None)
-        edits = candidate_edits(found, _exposure_ops, rgb, box) if bounded else _exposure_ops(found, _crop(rgb, box))
-        return edits[0][1]["gain"]
+        edits = (candidate_edits(found, _exposure_ops, rgb, region) if bounded
+                 else _exposure_ops(found, _crop(rgb, region)))
+        return [params["gain"] for _, params in edits]
 
-    lifted = gain("underexposure", 0.5, 0.125)  # two stops below the rest
-    assert 3.4 < lifted < 4.6 and gain("underexposure", 0.5, 0.125, bounded=False) > 7.0  # white: three stops
-    darkened = gain("overexposure", 4.0, 16.0)  # a bright rest, the box two stops above it before clipping
-    assert 0.45 < darkened < 0.62 and gain("overexposure", 4.0, 16.0, bounded=False) < 0.4  # mid-grey key
+    lifted = gains("underexposure", 0.5, 0.125)[0]  # two stops below the rest
+    assert 3.4 < lifted < 4.6 and gains("underexposure", 0.5, 0.125, bounded=False)[0] > 7.0  # white: 3 stops
+    darkened = gains("overexposure", 4.0, 16.0)[0]  # a bright rest, the box two stops above it before clipping
+    assert 0.45 < darkened < 0.62 and gains("overexposure", 4.0, 16.0, bounded=False)[0] < 0.4  # mid-grey key
+    assert gains("underexposure", 0.125, 0.125, region=None)[0] > 7.0  # the whole photo: only white bounds it
+    assert gains("underexposure", 1.0, 2.0) == []  # a box above the rest: nothing to lift, and never darkened
+    assert all(g <= 1.0 for g in gains("overexposure", 4.0, 2.0))  # a box below a brighter rest: never brightened
 
 
 def test_a_local_fault_is_measured_where_its_edit_acts_in_full():
