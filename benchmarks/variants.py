@@ -20,6 +20,7 @@ benchmark skips that variant with the reason.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -71,37 +72,42 @@ class TorchSession:
         return logits[0].cpu().numpy()
 
 
-def _int8_encoder(files, folder: Path) -> Path:
-    path = folder / "encoder.int8.onnx"
+def _built(path: Path, build: Callable[[Path], None]) -> Path:
+    """``path``, made by ``build(path)`` the first time it is asked for."""
     if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        build(path)
+    return path
+
+
+def _int8_encoder(files, folder: Path) -> Path:
+    def build(path: Path) -> None:
         from export.build import SEED, calibration_views
         from export.onnx_export import quantize_encoder
 
-        folder.mkdir(parents=True, exist_ok=True)
         quantize_encoder(files.path("encoder_onnx"), path, calibration_views("dev", 12, SEED))
-    return path
+
+    return _built(folder / "encoder.int8.onnx", build)
 
 
 def _int8_reasoner(files, folder: Path) -> Path:
-    path = folder / "reasoner.int8.onnx"
-    if not path.exists():
+    def build(path: Path) -> None:
         from export.onnx_export import quantize_reasoner
 
-        folder.mkdir(parents=True, exist_ok=True)
         quantize_reasoner(files.path("reasoner_onnx"), path)
-    return path
+
+    return _built(folder / "reasoner.int8.onnx", build)
 
 
 def _q4_0_reasoner(files, weights, folder: Path) -> Path:
-    path = folder / "reasoner.q4_0.gguf"
-    if not path.exists():
+    def build(path: Path) -> None:
         from export.build import critic_config
         from export.gguf_export import export
 
-        folder.mkdir(parents=True, exist_ok=True)
         export({k: np.asarray(v, np.float32) for k, v in weights.items()}, critic_config(), path, qtype="q4_0",
                name=files.name)
-    return path
+
+    return _built(folder / "reasoner.q4_0.gguf", build)
 
 
 def load(name: str, model: str | None = None, threads: int | None = None, cache: Path = CACHE):

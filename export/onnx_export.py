@@ -5,6 +5,8 @@ Every export is run back through onnxruntime against the reference before it is 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -103,23 +105,34 @@ def window_convs(path: Path) -> list[str]:
             and NSS_TAPS in shapes.get(n.input[1], ())[-2:]]
 
 
+@contextmanager
+def _preprocessed(fp32_path: Path, out_path: Path) -> Iterator[Path]:
+    """onnxruntime's quantization pre-processing of ``fp32_path`` (shape inference, and the export's Constant
+    weights turned into initializers, which the quantizers need), in a file beside ``out_path`` removed after."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = out_path.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+    try:
+        yield pre
+    finally:
+        pre.unlink(missing_ok=True)
+
+
 def quantize_encoder(fp32_path: Path, out_path: Path, calibration_views: list[np.ndarray]) -> None:
     """Static int8 QDQ of the convolutions (per-channel weights, reduce_range for accuracy on AVX2).
 
     Only Conv is quantized: onnxruntime fuses it into QLinearConv, where the speed is; the pooling
     statistics and the small MLP stay fp32 because squaring int8 activations for the std loses too much."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    pre = out_path.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-    quantize_static(
-        str(pre), str(out_path), _Calibration(calibration_views), quant_format=QuantFormat.QDQ,
-        per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=["Conv"],
-        nodes_to_exclude=window_convs(pre),
-    )
-    pre.unlink()
+    with _preprocessed(fp32_path, out_path) as pre:
+        quantize_static(
+            str(pre), str(out_path), _Calibration(calibration_views), quant_format=QuantFormat.QDQ,
+            per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=["Conv"],
+            nodes_to_exclude=window_convs(pre),
+        )
 
 
 def quantize_reasoner(fp32_path: Path, out_path: Path) -> None:
@@ -131,16 +144,11 @@ def quantize_reasoner(fp32_path: Path, out_path: Path) -> None:
     (its static int8 recipes: ``export.quant_study``)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    pre = out_path.with_suffix(".pre.onnx")  # the export's weights are Constant nodes; this makes them initializers
-    quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-    try:
+    with _preprocessed(fp32_path, out_path) as pre:
         head = [n.name for n in onnx.load(str(pre)).graph.node if "logits" in n.output]
         quantize_dynamic(str(pre), str(out_path), weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=["MatMul"], nodes_to_exclude=head)
-    finally:
-        pre.unlink(missing_ok=True)
 
 
 def verify_encoder(arrays: dict[str, np.ndarray], path: Path, views: list[np.ndarray], atol: float) -> float:
