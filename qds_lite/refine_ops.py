@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -107,8 +108,8 @@ def blockiness(rgb: np.ndarray) -> float:
 
 def tonal_range(rgb: np.ndarray) -> float:
     """From the 0.1 percentile of all values to the highest channel's 99.9 percentile, in 8-bit levels."""
-    flat = rgb.reshape(-1, 3)
-    return float(np.percentile(flat, 99.9, axis=0).max() - np.percentile(flat, 0.1))
+    lo, hi = stretch_levels(rgb)
+    return hi - lo
 
 
 def cast_strength(rgb: np.ndarray) -> float:
@@ -195,15 +196,24 @@ def exposure(rgb: np.ndarray, gain: float, shoulder: bool = False) -> np.ndarray
     return to_srgb(out)
 
 
-def stretch(rgb: np.ndarray, low: float = 0.1, high: float = 99.9, amount: float = 1.0) -> np.ndarray:
-    """Contrast stretch of the encoded values: the ``low`` percentile of all values goes to black and the highest
-    channel's ``high`` percentile to white, one mapping for all channels so that colours keep their balance.
-    ``amount`` blends between the input (0) and the full stretch (1). Close to the identity on a photo that
-    already spans the range."""
+def stretch_levels(rgb: np.ndarray, low: float = 0.1, high: float = 99.9) -> tuple[float, float]:
+    """The levels :func:`stretch` takes to black and white: the ``low`` percentile of all values and the
+    highest channel's ``high`` percentile."""
+    flat = rgb.reshape(-1, 3)
+    return float(np.percentile(flat, low)), float(np.percentile(flat, high, axis=0).max())
+
+
+def stretch(rgb: np.ndarray, amount: float = 1.0, levels: Sequence[float] | None = None,
+            target: Sequence[float] = (0.0, 255.0)) -> np.ndarray:
+    """Contrast stretch of the encoded values: ``levels`` (black, white; default :func:`stretch_levels` of
+    ``rgb``) go to ``target``, one mapping for all channels so that colours keep their balance. ``amount``
+    blends between the input (0) and the full stretch (1). Close to the identity on a photo that already
+    spans the range. A local edit passes the levels measured in its box, since the pixels it is handed
+    reach beyond the box (the margin its mask feathers into)."""
     x = rgb.astype(np.float32)
-    flat = x.reshape(-1, 3)
-    lo, hi = float(np.percentile(flat, low)), float(np.percentile(flat, high, axis=0).max())
-    y = (x - lo) * (255.0 / max(hi - lo, 8.0))
+    lo, hi = stretch_levels(rgb) if levels is None else levels
+    black, white = target
+    y = black + (x - lo) * ((white - black) / max(hi - lo, 8.0))
     return _u8(x + amount * (y - x))
 
 
@@ -224,12 +234,21 @@ def _wb_gains(rgb: np.ndarray, p: float) -> np.ndarray:
     return norm.mean() / np.maximum(norm, 1e-6)
 
 
-def white_balance(rgb: np.ndarray, p: float, amount: float = 1.0) -> np.ndarray:
+def balance_gains(rgb: np.ndarray, reference: np.ndarray, p: float = 12.0) -> np.ndarray:
+    """Per-channel gains that give ``rgb`` the shades-of-grey balance (Minkowski ``p``-means of the linear
+    channels, in proportion) of ``reference`` (uint8 pixels, any shape ending in 3), geometric mean 1."""
+    gains = _wb_gains(rgb, p) / _wb_gains(reference, p)
+    return gains / float(np.exp(np.log(np.maximum(gains, 1e-12)).mean()))
+
+
+def white_balance(rgb: np.ndarray, p: float, amount: float = 1.0, gains: Sequence[float] | None = None) -> np.ndarray:
     """Shades-of-grey white balance in linear light (Finlayson & Trezzi 2004): the Minkowski ``p``-mean of
-    each channel is made equal (p = 1 is grey-world; large p tends to white-patch). Clipped pixels are left
-    out of the estimate; the gains keep the luminance of grey, and ``amount`` scales them in log space."""
+    each channel is made equal (p = 1 is grey-world; large p tends to white-patch), or, with ``gains``, the
+    channels are scaled by those (a part of the photo brought to the balance of the rest: :func:`balance_gains`).
+    Clipped pixels are left out of the estimate; the gains keep the luminance of grey, and ``amount`` scales
+    them in log space."""
     lin = to_linear(rgb)
-    gains = _wb_gains(rgb, p) ** amount
+    gains = (_wb_gains(rgb, p) if gains is None else np.asarray(gains, np.float64)) ** amount
     gains /= float(gains @ _LUMA)
     return to_srgb(lin * gains.astype(np.float32))
 

@@ -255,6 +255,75 @@ def test_a_local_exposure_fix_stops_at_the_rest_of_the_photo():
     assert all(g <= 1.0 for g in gains("overexposure", 4.0, 2.0))  # a box below a brighter rest: never brightened
 
 
+def test_a_local_cast_is_brought_to_the_balance_of_the_rest():
+    """A box lit unlike the rest of the photo is white-balanced towards the rest, not towards grey: the half
+    given a cast comes back close to the original, keeping the scene's own colour that balancing the box by
+    itself takes away; a cast box balanced like the rest is the photo's cast, fixed as a whole."""
+    from qds_lite.refine import _colour_ops, _edit, _fault_region, candidate_edits
+    from qds_lite.result import Finding
+
+    clean = np.asarray(Image.open(DATA / "coffee_clean.jpg").convert("RGB"))
+    half = clean[:, : clean.shape[1] // 2]
+    scene = np.ascontiguousarray(np.concatenate([half, half[:, ::-1]], axis=1))
+    box = (0.5, 0.0, 1.0, 1.0)
+    cast = np.float32([0.8, 1.0, 1.25])  # cool (a warm one here clips the bright half's red: a biased estimate)
+    cast /= cast @ np.float32([0.2126, 0.7152, 0.0722])  # grey keeps its luminance, as in a white-balance error
+    rgb = scene.copy()
+    rgb[:, scene.shape[1] // 2:] = refine_ops.to_srgb(refine_ops.to_linear(scene[:, scene.shape[1] // 2:]) * cast)
+    found = Finding(type="color_cast", severity=0.7, box=box, evidence_zoom=None)
+    assert _fault_region(found, rgb) == box
+    name, params = candidate_edits(found, _colour_ops, rgb, box)[0]
+    expected = (1.0 / cast) / np.exp(np.log(1.0 / cast).mean())
+    np.testing.assert_allclose(params["gains"], expected, rtol=0.08)
+    core = np.s_[:, round(0.65 * scene.shape[1]):round(0.85 * scene.shape[1])]
+
+    def error(img: np.ndarray) -> float:
+        return float(np.abs(img[core].astype(np.float64) - scene[core]).mean())
+
+    matched = error(_edit(rgb, box, name, params))
+    by_itself = error(_edit(rgb, box, "white_balance", {"p": 12.0, "amount": 1.0}))
+    assert matched < 0.3 * error(rgb) and matched < 0.5 * by_itself
+    whole = refine_ops.to_srgb(refine_ops.to_linear(scene) * cast)
+    assert _fault_region(found, whole) is None
+
+
+def test_a_local_stretch_widens_its_box_by_what_the_severity_took():
+    """A box flatter than the rest is stretched with the levels measured inside it (measured on the pixels the
+    edit is handed, which reach into the clean margin the mask feathers into, they made it near the
+    identity), about its middle and by no more than the finding's severity takes away; a whole photo goes
+    to the full range as before."""
+    from qds_lite.refine import CONTRAST_LOSS, _contrast_ops, _crop, _edit, candidate_edits
+    from qds_lite.result import Finding
+
+    clean = np.asarray(Image.open(DATA / "coffee_clean.jpg").convert("RGB"))
+    half = clean[:, : clean.shape[1] // 2]
+    scene = np.ascontiguousarray(np.concatenate([half, half[:, ::-1]], axis=1))
+    box, right = (0.5, 0.0, 1.0, 1.0), np.s_[:, scene.shape[1] // 2:]
+    flat = scene.copy()
+    m = float(scene[right].mean())
+    flat[right] = np.clip(m + (scene[right].astype(np.float32) - m) * 0.7, 0, 255).astype(np.uint8)
+    severity = 0.3 / CONTRAST_LOSS["low_contrast"]  # what took 30 % of the range away
+    found = Finding(type="low_contrast", severity=severity, box=box, evidence_zoom=None)
+    name, params = candidate_edits(found, _contrast_ops, flat, box)[0]
+    lo, hi = params["levels"]
+    assert (lo, hi) == tuple(round(v, 1) for v in refine_ops.stretch_levels(_crop(flat, box)))
+    black, white = params["target"]
+    width = (hi - lo) / 0.7
+    assert white - black == pytest.approx(width, abs=0.2)
+    assert black == pytest.approx(min(max((lo + hi - width) / 2, 0.0), 255.0 - width), abs=0.2)  # about the middle
+    core = np.s_[:, round(0.65 * scene.shape[1]):round(0.85 * scene.shape[1])]
+
+    def error(img: np.ndarray) -> float:
+        return float(np.abs(img[core].astype(np.float64) - scene[core]).mean())
+
+    assert error(_edit(flat, box, name, params)) < 0.5 * error(flat)
+    assert error(_edit(flat, box, name, {"amount": 1.0})) > 0.9 * error(flat)  # its own levels: near the identity
+    assert candidate_edits(found, _contrast_ops, flat, None) == []  # the left half spans the range already
+    all_flat = np.clip(m + (scene.astype(np.float32) - m) * 0.7, 0, 255).astype(np.uint8)
+    whole = candidate_edits(found, _contrast_ops, all_flat, None)[0][1]
+    assert "target" not in whole and whole["levels"] == [round(v, 1) for v in refine_ops.stretch_levels(all_flat)]
+
+
 def test_a_local_fault_is_measured_where_its_edit_acts_in_full():
     """The evidence for a local edit is read inside the box's feather, as its mask edits: the synthesizer's
     local haze fades out towards the quarter's sides, and the tonal range of the whole quarter read its
