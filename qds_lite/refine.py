@@ -195,7 +195,7 @@ def _colour_ops(f: Finding, rgb: np.ndarray, toward: np.ndarray | None = None) -
         if ops.cast_strength(rgb) < MIN_CAST:
             return []
         return [("white_balance", {"p": 12.0, "amount": k}) for k in STRENGTHS]
-    if float(np.abs(np.log(toward)).max()) < MIN_LOCAL_CAST:
+    if ops.largest_log_gain(toward) < MIN_LOCAL_CAST:
         return []
     gains = [round(float(g), 4) for g in toward]
     return [("white_balance", {"p": 12.0, "amount": k, "gains": gains}) for k in STRENGTHS]
@@ -326,7 +326,7 @@ def _fault_region(finding: Finding, rgb: np.ndarray) -> Box | None:
     if finding.type == "color_cast":
         rest = _outside(view, finding.box)
         toward = ops.balance_gains(view[y0:y1, x0:x1], rest)
-        local = ops.cast_strength(rest) < MIN_CAST and float(np.abs(np.log(toward)).max()) >= MIN_LOCAL_CAST
+        local = ops.cast_strength(rest) < MIN_CAST and ops.largest_log_gain(toward) >= MIN_LOCAL_CAST
     elif finding.type in ("low_contrast", "haze"):
         local = ops.tonal_range(_outside(view, finding.box)) > MAX_RANGE
     else:

@@ -112,9 +112,14 @@ def tonal_range(rgb: np.ndarray) -> float:
     return hi - lo
 
 
+def largest_log_gain(gains: np.ndarray) -> float:
+    """The largest absolute log of per-channel gains: how far a balance moves its most moved channel."""
+    return float(np.abs(np.log(np.maximum(gains, 1e-12))).max())  # black: no channel to balance
+
+
 def cast_strength(rgb: np.ndarray) -> float:
     """Largest absolute log-gain :func:`white_balance` (p = 12) would apply."""
-    return float(np.abs(np.log(np.maximum(_wb_gains(rgb, 12.0), 1e-12))).max())  # black: no channel to balance
+    return largest_log_gain(_wb_gains(rgb, 12.0))
 
 
 def key(rgb: np.ndarray) -> float:
