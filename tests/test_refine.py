@@ -193,13 +193,25 @@ def test_blockiness_finds_jpeg_blocks_off_the_8px_grid():
     assert refine_ops.blockiness(blocky[:5, :5]) == 1.0  # too small to tell
 
 
+def mirrored_scene() -> np.ndarray:
+    """The coffee photo's left half beside its mirror image: two halves alike, so that a fault put in the
+    right half is the only difference between the box (0.5, 0, 1, 1) and the rest."""
+    clean = np.asarray(Image.open(DATA / "coffee_clean.jpg").convert("RGB"))
+    half = clean[:, : clean.shape[1] // 2]
+    return np.ascontiguousarray(np.concatenate([half, half[:, ::-1]], axis=1))
+
+
+def right_core_error(img: np.ndarray, scene: np.ndarray) -> float:
+    """Mean absolute difference from ``scene`` in the right half's core, where a local edit acts in full."""
+    core = np.s_[:, round(0.65 * scene.shape[1]):round(0.85 * scene.shape[1])]
+    return float(np.abs(img[core].astype(np.float64) - scene[core]).mean())
+
+
 def test_a_tonal_or_colour_fault_is_fixed_where_it_is():
     from qds_lite.refine import _fault_region
     from qds_lite.result import Finding
 
-    clean = np.asarray(Image.open(DATA / "coffee_clean.jpg").convert("RGB"))
-    half = clean[:, : clean.shape[1] // 2]
-    scene = np.ascontiguousarray(np.concatenate([half, half[:, ::-1]], axis=1))  # both halves alike
+    scene = mirrored_scene()
     box = (0.5, 0.0, 1.0, 1.0)
 
     def edited(fn, right_half_only: bool) -> np.ndarray:
@@ -231,9 +243,7 @@ def test_a_local_exposure_fix_stops_at_the_rest_of_the_photo():
     from qds_lite.refine import _crop, _exposure_ops, candidate_edits
     from qds_lite.result import Finding
 
-    clean = np.asarray(Image.open(DATA / "coffee_clean.jpg").convert("RGB"))
-    half = clean[:, : clean.shape[1] // 2]
-    scene = np.ascontiguousarray(np.concatenate([half, half[:, ::-1]], axis=1))
+    scene = mirrored_scene()
     box = (0.5, 0.0, 1.0, 1.0)
     left, right = np.s_[:, : scene.shape[1] // 2], np.s_[:, scene.shape[1] // 2:]
 
@@ -262,9 +272,7 @@ def test_a_local_cast_is_brought_to_the_balance_of_the_rest():
     from qds_lite.refine import _colour_ops, _edit, _fault_region, candidate_edits
     from qds_lite.result import Finding
 
-    clean = np.asarray(Image.open(DATA / "coffee_clean.jpg").convert("RGB"))
-    half = clean[:, : clean.shape[1] // 2]
-    scene = np.ascontiguousarray(np.concatenate([half, half[:, ::-1]], axis=1))
+    scene = mirrored_scene()
     box = (0.5, 0.0, 1.0, 1.0)
     cast = np.float32([0.8, 1.0, 1.25])  # cool (a warm one here clips the bright half's red: a biased estimate)
     cast /= cast @ np.float32([0.2126, 0.7152, 0.0722])  # grey keeps its luminance, as in a white-balance error
@@ -275,10 +283,8 @@ def test_a_local_cast_is_brought_to_the_balance_of_the_rest():
     name, params = candidate_edits(found, _colour_ops, rgb, box)[0]
     expected = (1.0 / cast) / np.exp(np.log(1.0 / cast).mean())
     np.testing.assert_allclose(params["gains"], expected, rtol=0.08)
-    core = np.s_[:, round(0.65 * scene.shape[1]):round(0.85 * scene.shape[1])]
-
     def error(img: np.ndarray) -> float:
-        return float(np.abs(img[core].astype(np.float64) - scene[core]).mean())
+        return right_core_error(img, scene)
 
     matched = error(_edit(rgb, box, name, params))
     by_itself = error(_edit(rgb, box, "white_balance", {"p": 12.0, "amount": 1.0}))
@@ -295,9 +301,7 @@ def test_a_local_stretch_widens_its_box_by_what_the_severity_took():
     from qds_lite.refine import CONTRAST_LOSS, _contrast_ops, _crop, _edit, candidate_edits
     from qds_lite.result import Finding
 
-    clean = np.asarray(Image.open(DATA / "coffee_clean.jpg").convert("RGB"))
-    half = clean[:, : clean.shape[1] // 2]
-    scene = np.ascontiguousarray(np.concatenate([half, half[:, ::-1]], axis=1))
+    scene = mirrored_scene()
     box, right = (0.5, 0.0, 1.0, 1.0), np.s_[:, scene.shape[1] // 2:]
     flat = scene.copy()
     m = float(scene[right].mean())
@@ -311,10 +315,8 @@ def test_a_local_stretch_widens_its_box_by_what_the_severity_took():
     width = (hi - lo) / 0.7
     assert white - black == pytest.approx(width, abs=0.2)
     assert black == pytest.approx(min(max((lo + hi - width) / 2, 0.0), 255.0 - width), abs=0.2)  # about the middle
-    core = np.s_[:, round(0.65 * scene.shape[1]):round(0.85 * scene.shape[1])]
-
     def error(img: np.ndarray) -> float:
-        return float(np.abs(img[core].astype(np.float64) - scene[core]).mean())
+        return right_core_error(img, scene)
 
     assert error(_edit(flat, box, name, params)) < 0.5 * error(flat)
     assert error(_edit(flat, box, name, {"amount": 1.0})) > 0.9 * error(flat)  # its own levels: near the identity
