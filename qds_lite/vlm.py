@@ -30,7 +30,7 @@ from PIL import Image
 
 from . import protocol as P
 from . import vlm_protocol as V
-from .backends.gguf_backend import _import_llama_cpp
+from .backends.gguf_backend import _import_llama_cpp, model_params
 from .errors import ModelError
 from .io import LoadedImage, Source, load_image
 from .model_store import MANIFEST_VERSION, sha256_file
@@ -133,8 +133,7 @@ class VLMCritic:
         if n_gpu_layers is None:  # all layers where this build can offload, else none
             n_gpu_layers = -1 if ll.llama_supports_gpu_offload() else 0
         threads = n_threads or max(1, min(8, os.cpu_count() or 1))
-        mparams = ll.llama_model_default_params()
-        mparams.n_gpu_layers = n_gpu_layers
+        mparams = model_params(ll, n_gpu_layers)
         self._model = ll.llama_model_load_from_file(os.fsencode(self.files.llm), mparams)
         if not self._model:
             raise ModelError(f"llama.cpp could not load {self.files.llm}", hint="pass verbose=True to see why")

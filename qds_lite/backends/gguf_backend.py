@@ -26,6 +26,20 @@ _backend_ready = False
 _quiet_log = None  # the no-op log callback; kept referenced for as long as llama.cpp may call it
 
 
+def model_params(ll, n_gpu_layers: int):
+    """llama.cpp's default model parameters with ``n_gpu_layers`` offloaded and no weight repacking.
+
+    Repacking (llama.cpp's "extra buffer types", on by default since mid-2025) rearranges Q4_0/Q8_0 weights
+    into interleaved blocks for the CPU's wide SIMD products. Built with GCC 12 for an AVX-512 CPU,
+    llama-cpp-python 0.3.36 then crashes in the first llama_decode, on our reasoner and on the tiny test VLM
+    alike (f32 models are unaffected; ggml-org/llama.cpp#16479 reports the same with GCC 12.2 on Q4_0
+    models). Versions without the field ignore it."""
+    params = ll.llama_model_default_params()
+    params.n_gpu_layers = n_gpu_layers
+    params.use_extra_bufts = False
+    return params
+
+
 def _import_llama_cpp(verbose: bool):
     global _backend_ready, _quiet_log
     try:
@@ -63,8 +77,7 @@ class GGUFReasoner:
         self._ll = ll = _import_llama_cpp(verbose)
         self._model = self._ctx = self._batch = None
 
-        mparams = ll.llama_model_default_params()
-        mparams.n_gpu_layers = n_gpu_layers
+        mparams = model_params(ll, n_gpu_layers)
         self._model = ll.llama_model_load_from_file(os.fsencode(self.path), mparams)
         if not self._model:
             raise ModelError(f"llama.cpp could not load {self.path}", hint="pass verbose=True to see why")
