@@ -442,8 +442,8 @@ def pick_photos(photos: Sequence[Path], n: int | None) -> list[Path]:
     return [photos[i] for i in idx]
 
 
-def prepare_photo(path: Path) -> np.ndarray:
-    """Oriented sRGB pixels, LANCZOS-downscaled so that the long side is :data:`LONG_SIDE` px (photos
+def prepare_photo(path: Path, long_side: int = LONG_SIDE) -> np.ndarray:
+    """Oriented sRGB pixels, LANCZOS-downscaled so that the long side is ``long_side`` px (photos
     already smaller are returned as they are)."""
     from PIL import Image
 
@@ -451,9 +451,9 @@ def prepare_photo(path: Path) -> np.ndarray:
 
     px = load_image(path).pixels
     h, w = px.shape[:2]
-    if max(h, w) <= LONG_SIDE:
+    if max(h, w) <= long_side:
         return np.ascontiguousarray(px)
-    scale = LONG_SIDE / max(h, w)
+    scale = long_side / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return np.asarray(Image.fromarray(px).resize(size, Image.Resampling.LANCZOS))
 

@@ -1,8 +1,8 @@
 """Refine benchmark: does `qds refine` bring degraded photos back towards their pristine originals?
 
-    python -m benchmarks.refine [--photos N] [--split test] [--kinds k1,k2] [--max-steps 4] [--seed 0]
+    python -m benchmarks.refine [--photos N] [--split test] [--kinds k1,k2|none] [--max-steps 4] [--seed 0]
                                 [--model NAME|DIR] [--margin M] [--no-gate | --gate FILE] [--pairs N]
-                                [--out build/bench]
+                                [--clean-views mirrored,cropped,larger|none] [--out build/bench]
 
 Built on the fly from held-out photos (``export.data.pristine_photos("test")``; ``--split dev`` for tuning),
 each loaded oriented and LANCZOS-downscaled to a long side of 768 px as in ``benchmarks/accuracy.py``. Per
@@ -17,6 +17,10 @@ and without reference the critic's score and NIQE (``benchmarks.baselines``), pe
 ``--pairs N`` adds N images per photo with two faults of different kinds over the whole image (severities
 U(0.3, 0.6)), where a second edit is needed; they are reported on a line of their own, outside the bars,
 which are about a single dominant degradation.
+
+Clean inputs: each pristine photo, and by default three more views of it (``--clean-views``; mirrored, its
+central 80 % each way, and loaded at a long side of 1024 px), since what the critic falsely finds in a clean
+photo depends on layout and scale. ``--kinds none`` refines the clean inputs alone.
 
 Bars (issue 6): on degraded images refine improves SSIM for >= 70 % of them; it beats the generic
 enhancement on mean SSIM for every kind it claims to handle; on pristine inputs it costs <= 0.005 SSIM.
@@ -49,6 +53,8 @@ PAIR_SEVERITY_RANGE = (0.3, 0.6)  # each of the two faults of a --pairs image
 PRISTINE_BAR = 0.005  # largest acceptable SSIM drop on a pristine input
 SHARE_BAR = 0.70  # share of degraded images whose SSIM must improve
 IMPROVED = 1e-4  # SSIM gain that counts as an improvement (an untouched image gains 0)
+CLEAN_VIEWS = ("mirrored", "cropped", "larger")  # clean inputs made from each pristine photo besides itself
+LARGER_SIDE = 1024  # px, the long side of the "larger" clean view
 DEFAULT_OUT = Path("build") / "bench"
 
 
@@ -81,10 +87,13 @@ def generic_enhance(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(img.filter(ImageFilter.UnsharpMask(radius=1.5, percent=50, threshold=2)))
 
 
-def items_for(photo: str, kinds: Sequence[str], seed: int, grid: int, pairs: int = 0) -> list[dict]:
-    """The pristine item and, per kind, a global and a local (2x2 cells) single degradation; then ``pairs``
-    images with two faults of different kinds over the whole image (set "pair", kind "a+b")."""
+def items_for(photo: str, kinds: Sequence[str], seed: int, grid: int, pairs: int = 0,
+              clean_views: Sequence[str] = ()) -> list[dict]:
+    """The pristine item and its ``clean_views`` (:func:`clean_view`; set "pristine VIEW"), per kind a global
+    and a local (2x2 cells) single degradation; then ``pairs`` images with two faults of different kinds over
+    the whole image (set "pair", kind "a+b")."""
     out = [{"photo": photo, "kind": None, "set": "pristine", "severity": 0.0, "region": None, "seed": 0}]
+    out += [dict(out[0], set=f"pristine {v}", view=v) for v in clean_views]
     for k in kinds:
         for where in ("global", "local"):
             s = _stable_int("qds-refine", seed, photo, k, where)
@@ -118,27 +127,49 @@ def _measure(ref: np.ndarray, img: np.ndarray, score: float, niqe_fn) -> dict:
     return {"ssim": ssim(ref, img), "psnr": psnr(ref, img), "score": score, "niqe": niqe_fn(img)}
 
 
+def clean_view(path: Path, base: np.ndarray, view: str) -> np.ndarray:
+    """Another clean input made from a pristine photo (``base``: it as :func:`prepare_photo` loads it):
+    ``mirrored`` left to right, ``cropped`` to its central 80 % each way (not resampled), or ``larger``
+    (loaded at a long side of :data:`LARGER_SIDE` px). The critic's false findings depend on layout and
+    scale, so one view of each photo says little about how often refine edits a clean photo."""
+    if view == "mirrored":
+        return np.ascontiguousarray(base[:, ::-1])
+    if view == "cropped":
+        h, w = base.shape[:2]
+        return np.ascontiguousarray(base[h // 10:h - h // 10, w // 10:w - w // 10])
+    if view == "larger":
+        return prepare_photo(path, LARGER_SIDE)
+    raise ValueError(f"unknown clean view {view!r} (one of {', '.join(CLEAN_VIEWS)})")
+
+
 def degraded_items(photos: Sequence[Path], root: Path, kinds: Sequence[str], seed: int, pairs: int = 0,
-                   label: str = "refine") -> Iterator[tuple[np.ndarray, dict, np.ndarray]]:
+                   label: str = "refine", clean_views: Sequence[str] = ()
+                   ) -> Iterator[tuple[np.ndarray, dict, np.ndarray]]:
     """(pristine photo, item, its degraded image) for every item of ``items_for`` of every photo, with a
-    progress bar; photos are loaded as the accuracy benchmark loads them."""
+    progress bar; photos are loaded as the accuracy benchmark loads them. A clean view is its own pristine
+    photo."""
     from export import synth
     from qds_lite.protocol import GRID
 
-    plans = [(p, items_for(p.relative_to(root).as_posix(), kinds, seed, GRID, pairs)) for p in photos]
+    plans = [(p, items_for(p.relative_to(root).as_posix(), kinds, seed, GRID, pairs, clean_views)) for p in photos]
     progress = _Progress(sum(len(i) for _, i in plans), label)
     try:
         for path, items in plans:
             base = prepare_photo(path)
             for it in items:
-                yield base, it, base if it["kind"] is None else synth.apply(base, degradations(it))
+                if "view" in it:
+                    view = clean_view(path, base, it["view"])
+                    yield view, it, view
+                else:
+                    yield base, it, base if it["kind"] is None else synth.apply(base, degradations(it))
                 progress.update(f"{path.name} {it['kind'] or 'pristine'} {it['set']}")
     finally:
         progress.close()
 
 
 def run_items(photos: Sequence[Path], root: Path, kinds: Sequence[str], seed: int, max_steps: int,
-              model: str | None, margin: float, pairs: int = 0, gate: bool | EditGate = True) -> list[dict]:
+              model: str | None, margin: float, pairs: int = 0, gate: bool | EditGate = True,
+              clean_views: Sequence[str] = ()) -> list[dict]:
     from qds_lite import load
     from qds_lite.refine import refine
 
@@ -153,7 +184,7 @@ def run_items(photos: Sequence[Path], root: Path, kinds: Sequence[str], seed: in
 
     critic = load(model, backend="onnx")
     records = []
-    for base, it, img in degraded_items(photos, root, kinds, seed, pairs, "refine"):
+    for base, it, img in degraded_items(photos, root, kinds, seed, pairs, "refine", clean_views):
         t = time.perf_counter()
         r = refine(critic, img, max_steps=max_steps, margin=margin, gate=gate)
         seconds = time.perf_counter() - t
@@ -245,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.refine", description=__doc__.split("\n\n")[0])
     p.add_argument("--photos", type=int, default=20, help="photos spread evenly over the split (default 20)")
     p.add_argument("--split", default="test", choices=("test", "dev"), help="test (report) or dev (tuning)")
-    p.add_argument("--kinds", default=None, help="comma-separated synth kinds (default: all)")
+    p.add_argument("--kinds", default=None,
+                   help="comma-separated synth kinds (default: all; 'none': only the clean inputs)")
     p.add_argument("--max-steps", type=int, default=4)
     p.add_argument("--model", default=None, help="critic name or folder (default: the bundled one)")
     p.add_argument("--margin", type=float, default=None,
@@ -257,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="an edit gate's JSON (export.refine_gate fit --out FILE), not the shipped one; for tuning")
     p.add_argument("--pairs", type=int, default=0,
                    help="also N images per photo with two faults of different kinds (reported apart from the bars)")
+    p.add_argument("--clean-views", default=",".join(CLEAN_VIEWS),
+                   help=f"clean inputs made from each photo besides itself, comma-separated ({', '.join(CLEAN_VIEWS)}; "
+                        "default: all) or 'none'")
     p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args(argv)
     if args.no_gate and args.gate:
@@ -267,24 +302,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     from qds_lite.refine import SCORE_MARGIN
     from qds_lite.refine_gate import EditGate
 
-    kinds = args.kinds.split(",") if args.kinds else list(synth.KINDS)
+    kinds = [] if args.kinds == "none" else args.kinds.split(",") if args.kinds else list(synth.KINDS)
     unknown = set(kinds) - set(synth.KINDS)
     if unknown:
         p.error(f"unknown kinds {sorted(unknown)}")
+    views = [] if args.clean_views == "none" else args.clean_views.split(",")
+    if set(views) - set(CLEAN_VIEWS):
+        p.error(f"unknown clean views {sorted(set(views) - set(CLEAN_VIEWS))}")
     started = _dt.datetime.now(_dt.timezone.utc)
     root = pristine_dir()
     photos = pick_photos(pristine_photos(args.split, root), args.photos)
     margin = SCORE_MARGIN if args.margin is None else args.margin
     gate = False if args.no_gate else EditGate.load(args.gate) if args.gate else True
-    records = run_items(photos, root, kinds, args.seed, args.max_steps, args.model, margin, args.pairs, gate=gate)
+    records = run_items(photos, root, kinds, args.seed, args.max_steps, args.model, margin, args.pairs, gate=gate,
+                        clean_views=views)
     summary = summarise(records, kinds)
     minutes = (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds() / 60
     command = "python -m benchmarks.refine" + (" " + shlex.join(argv) if argv else "")
 
     rows = table_rows(summary, kinds)
     pr, bars = summary["pristine"], summary["bars"]
+    clean = "the photos" + (f" and their views {', '.join(views)}" if views else "")
     lines = [
-        f"pristine inputs (n={pr['n']}): SSIM drop mean {pr['mean_drop']:.4f}, max {pr['max_drop']:.4f}, "
+        f"pristine inputs (n={pr['n']}: {clean}): SSIM drop mean {pr['mean_drop']:.4f}, max {pr['max_drop']:.4f}, "
         f"{pr['share_over_bar']:.0%} over {PRISTINE_BAR}; changed {pr['changed']:.0%} "
         f"(generic: mean drop {pr['generic_mean_drop']:.4f})",
         f"bars: SSIM improved on {bars['share_improved']:.0%} of degraded images (>= {SHARE_BAR:.0%}: "
@@ -316,6 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
            "photos": [p.relative_to(root).as_posix() for p in photos], "kinds": kinds,
            "settings": {"severity_range": SEVERITY_RANGE, "max_steps": args.max_steps, "seed": args.seed,
                         "margin": margin, "gate": False if args.no_gate else str(args.gate or "shipped"),
+                        "clean_views": views,
                         "long_side": 768,
                         "improved_if_dssim_over": IMPROVED},
            "summary": summary, "records": records}

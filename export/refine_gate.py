@@ -8,8 +8,12 @@ bounded by the rest of the photo, the s21 ones before (read first, their items w
     python -m export.refine_gate collect --split train --photos 60 --shard 1/2 --out build/refine-gate/train-1.json
     python -m export.refine_gate collect --split train --photos 193 --shard K/8 --out build/refine-gate/train8-K.json
     python -m export.refine_gate collect --split dev --photos 26 --out build/refine-gate/dev.json
-    python -m export.refine_gate fit --train build/refine-gate/train*.json --dev build/refine-gate/dev.json \\
+    python -m export.refine_gate fit --train build/refine-gate/train*.json --dev build/refine-gate/dev*.json \\
         [--threshold 0.5] [--trees 150 --depth 5 ...] [--out qds_lite/data/refine_gate.json]
+
+``collect --kinds none --clean-views mirrored,cropped,larger`` collects the clean inputs alone, as the refine
+benchmark makes them (``benchmarks.refine.clean_view``); rows of them did not make a gate that spares clean
+photos (``docs/refine-experiments.md``, session 24), so the shipped gate has none.
 
 ``collect`` builds, per photo, the refine benchmark's items (the pristine photo and one degradation of every
 kind, global and on a quarter: ``benchmarks.refine.items_for``, with its own seed), lets the shipped critic
@@ -44,8 +48,10 @@ COLLECT_SEED = 7  # degradations differ from the refine benchmark's (seed 0) eve
 TREES, DEPTH, LEARNING_RATE, MIN_LEAF, SUBSAMPLE = 150, 5, 0.05, 40, 0.8
 
 
-def collect(split: str, photos: int, shard: tuple[int, int], out: Path, model: str | None = None) -> None:
-    """Write one JSON list of items, each with its findings' candidate edits (features, score, SSIM gain)."""
+def collect(split: str, photos: int, shard: tuple[int, int], out: Path, model: str | None = None,
+            kinds: Sequence[str] | None = None, clean_views: Sequence[str] = ()) -> None:
+    """Write one JSON list of items, each with its findings' candidate edits (features, score, SSIM gain):
+    per photo the pristine item, its ``clean_views`` and the degradations of ``kinds`` (None: every kind)."""
     from benchmarks.accuracy import pick_photos
     from benchmarks.refine import degraded_items, ssim
     from export import synth
@@ -57,7 +63,9 @@ def collect(split: str, photos: int, shard: tuple[int, int], out: Path, model: s
     chosen = pick_photos(pristine_photos(split, root), photos)[shard[0]::shard[1]]
     critic = load(model, backend="onnx")
     records = []
-    for base, it, img in degraded_items(chosen, root, list(synth.KINDS), COLLECT_SEED, label=f"collect {split}"):
+    kinds = list(synth.KINDS) if kinds is None else list(kinds)
+    for base, it, img in degraded_items(chosen, root, kinds, COLLECT_SEED, label=f"collect {split}",
+                                        clean_views=clean_views):
         before, s0 = critic.score(img), ssim(base, img)
         findings = []
         for f, plan, region in R.fixes(before, img):
@@ -84,7 +92,7 @@ def first_step(records: Sequence[dict], choose: Callable[[list[dict]], dict | No
     from the original, and the largest SSIM drop on a pristine one. NIQE's guard is left out."""
     from benchmarks.refine import IMPROVED
 
-    gains = {"degraded": [], "pristine": []}
+    gains: dict[str, list[float]] = {"degraded": [], "pristine": []}
     for r in records:
         d = 0.0
         for cands in r["findings"]:
@@ -95,7 +103,7 @@ def first_step(records: Sequence[dict], choose: Callable[[list[dict]], dict | No
         gains["pristine" if r["kind"] is None else "degraded"].append(d)
     g, p = np.array(gains["degraded"] or [0.0]), np.array(gains["pristine"] or [0.0])
     return {"improved": float((g > IMPROVED).mean()), "worse": float((g < -IMPROVED).mean()),
-            "pristine_max_drop": float(max(0.0, -p.min()))}
+            "mean_dssim": float(g.mean()), "pristine_max_drop": float(max(0.0, -p.min()))}
 
 
 def load_records(paths: Sequence[Path]) -> list[dict]:
@@ -139,13 +147,14 @@ def fit(rows: Sequence[dict], labels: Sequence[bool], *, trees: int = TREES, dep
     return EditGate.from_trees(FEATURES, nodes, bias, threshold, info)
 
 
-def fit_gate(train: Sequence[Path], dev: Path, threshold: float, out: Path, command: str, **params) -> dict:
-    """Fit on the ``train`` rows (``params``: :func:`fit`'s tree settings); report on ``dev``."""
+def fit_gate(train: Sequence[Path], dev: Sequence[Path], threshold: float, out: Path, command: str,
+             **params) -> dict:
+    """Fit on the ``train`` rows (``params``: :func:`fit`'s tree settings); report on the ``dev`` rows."""
     from qds_lite.refine import SCORE_MARGIN
     from qds_lite.refine_gate import GATE_PATH
 
     train_records = load_records(train)
-    dev_records = load_records([dev])
+    dev_records = load_records(dev)
     x, y = _rows(train_records)
     gate = fit(x, y, threshold=threshold, **params)
     xd, yd = _rows(dev_records)
@@ -198,10 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--photos", type=int, default=60)
     c.add_argument("--shard", default="0/1", help="K/N: this process takes every N-th photo from the K-th")
     c.add_argument("--model", default=None)
+    c.add_argument("--kinds", default=None, help="comma-separated synth kinds (default: all; 'none': clean items only)")
+    c.add_argument("--clean-views", default="none",
+                   help="clean views of each photo as items too (benchmarks.refine.CLEAN_VIEWS, comma-separated)")
     c.add_argument("--out", type=Path, required=True)
     f = sub.add_parser("fit", help="fit the gate on collected train rows, report it on dev rows")
     f.add_argument("--train", type=Path, nargs="+", required=True)
-    f.add_argument("--dev", type=Path, required=True)
+    f.add_argument("--dev", type=Path, nargs="+", required=True)
     f.add_argument("--threshold", type=float, default=0.5, help="least P(better) at which refine keeps an edit")
     f.add_argument("--trees", type=int, default=TREES)
     f.add_argument("--depth", type=int, default=DEPTH)
@@ -212,7 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "collect":
         k, n = (int(v) for v in args.shard.split("/"))
-        collect(args.split, args.photos, (k, n), args.out, args.model)
+        kinds = None if args.kinds is None else [] if args.kinds == "none" else args.kinds.split(",")
+        views = [] if args.clean_views == "none" else args.clean_views.split(",")
+        collect(args.split, args.photos, (k, n), args.out, args.model, kinds, views)
         return 0
     info = fit_gate(args.train, args.dev, args.threshold, args.out, "python -m export.refine_gate " + " ".join(argv),
                     trees=args.trees, depth=args.depth, learning_rate=args.learning_rate, min_leaf=args.min_leaf,

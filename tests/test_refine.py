@@ -365,6 +365,33 @@ def test_refine_benchmark_pairs_are_two_different_whole_image_faults_kept_apart_
     assert degradations(singles[0]) == [] and len(degradations(singles[1])) == 1
 
 
+def test_refine_benchmark_clean_views_are_more_clean_inputs_of_each_photo(tmp_path):
+    from benchmarks.refine import CLEAN_VIEWS, clean_view, degraded_items, items_for
+
+    kinds = ["jpeg", "haze"]
+    plain = items_for("a/photo.jpg", kinds, seed=0, grid=4)
+    items = items_for("a/photo.jpg", kinds, seed=0, grid=4, clean_views=CLEAN_VIEWS)
+    views = items[1:1 + len(CLEAN_VIEWS)]
+    assert [it["set"] for it in views] == [f"pristine {v}" for v in CLEAN_VIEWS]
+    assert all(it["kind"] is None for it in views) and [items[0], *items[1 + len(CLEAN_VIEWS):]] == plain
+
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
+    (tmp_path / "a").mkdir()
+    Image.fromarray(big).save(tmp_path / "a" / "photo.png")
+    base = np.asarray(Image.fromarray(big).resize((768, 576), Image.Resampling.LANCZOS))
+    path = tmp_path / "a" / "photo.png"
+    assert np.array_equal(clean_view(path, base, "mirrored"), base[:, ::-1])
+    assert np.array_equal(clean_view(path, base, "cropped"), base[57:576 - 57, 76:768 - 76])
+    assert clean_view(path, base, "larger").shape == (768, 1024, 3)
+    with pytest.raises(ValueError, match="unknown clean view"):
+        clean_view(path, base, "rotated")
+    got = list(degraded_items([path], tmp_path, [], seed=0, clean_views=("mirrored",)))
+    assert [it["set"] for _, it, _ in got] == ["pristine", "pristine mirrored"]
+    (ref, _, img), (ref_m, _, img_m) = got
+    assert ref is img and ref_m is img_m and np.array_equal(ref_m, ref[:, ::-1])  # each view its own original
+
+
 def test_refine_benchmark_takes_a_gate_file_or_none_not_both(tmp_path, capsys):
     from benchmarks.refine import main
 

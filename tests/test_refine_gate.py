@@ -172,9 +172,9 @@ def test_first_step_keeps_the_first_finding_whose_pick_passes_the_margin():
         return max(cands, key=lambda c: c["score"]) if cands else None
 
     r = first_step(records, best, margin=0.5)
-    assert r == pytest.approx({"improved": 1 / 3, "worse": 1 / 3, "pristine_max_drop": 0.008})
+    assert r == pytest.approx({"improved": 1 / 3, "worse": 1 / 3, "mean_dssim": 0.01, "pristine_max_drop": 0.008})
     assert first_step(records, best, margin=0.1)["improved"] == pytest.approx(2 / 3)  # now the deblock is kept
-    assert first_step(records, lambda c: None, margin=0.5) == {"improved": 0.0, "worse": 0.0,
+    assert first_step(records, lambda c: None, margin=0.5) == {"improved": 0.0, "worse": 0.0, "mean_dssim": 0.0,
                                                                  "pristine_max_drop": 0.0}
 
 
@@ -198,7 +198,7 @@ def test_fit_gate_writes_a_gate_that_learned_which_edits_help(tmp_path):
     train.write_text(json.dumps(records(200)))
     dev.write_text(json.dumps(records(100)))
     out = tmp_path / "gate.json"
-    info = fit_gate([train, train], dev, 0.5, out, "test", trees=20, depth=2, min_leaf=5)
+    info = fit_gate([train, train], [dev], 0.5, out, "test", trees=20, depth=2, min_leaf=5)
     gate = EditGate.load(out)
     assert gate.info["command"] == "test" and info["train_rows"] == 200  # the file given twice is read once
     assert info["dev"]["accuracy"] == 1.0
