@@ -199,6 +199,18 @@ def run_items(photos: Sequence[Path], root: Path, kinds: Sequence[str], seed: in
     return records
 
 
+def clean_figures(clean: Sequence[dict]) -> dict:
+    """What refine and the generic enhancement cost clean inputs: SSIM drops (mean, max, share over the bar)
+    and the share refine changed."""
+    drops = np.array([r["before"]["ssim"] - r["refine"]["ssim"] for r in clean]) if clean else np.zeros(0)
+    gdrops = np.array([r["before"]["ssim"] - r["generic"]["ssim"] for r in clean]) if clean else np.zeros(0)
+    return {"n": len(clean), "mean_drop": float(drops.mean()) if drops.size else float("nan"),
+            "max_drop": float(drops.max()) if drops.size else float("nan"),
+            "share_over_bar": float((drops > PRISTINE_BAR).mean()) if drops.size else float("nan"),
+            "changed": float(np.mean([any(s["kept"] for s in r["steps"]) for r in clean])) if clean else float("nan"),
+            "generic_mean_drop": float(gdrops.mean()) if gdrops.size else float("nan")}
+
+
 def summarise(records: Sequence[dict], kinds: Sequence[str]) -> dict:
     """Per kind (global and local pooled, and each set), the pristine figures and the bars."""
 
@@ -223,15 +235,10 @@ def summarise(records: Sequence[dict], kinds: Sequence[str]) -> dict:
     per_kind = {k: {s: block([r for r in degraded if r["kind"] == k and (s == "all" or r["set"] == s)])
                     for s in ("all", "global", "local")} for k in kinds}
     pristine = [r for r in records if not r["kind"]]
-    drops = np.array([r["before"]["ssim"] - r["refine"]["ssim"] for r in pristine]) if pristine else np.zeros(0)
-    gdrops = np.array([r["before"]["ssim"] - r["generic"]["ssim"] for r in pristine]) if pristine else np.zeros(0)
     overall = block(degraded)
-    pristine_fig = {"n": len(pristine), "mean_drop": float(drops.mean()) if drops.size else float("nan"),
-                    "max_drop": float(drops.max()) if drops.size else float("nan"),
-                    "share_over_bar": float((drops > PRISTINE_BAR).mean()) if drops.size else float("nan"),
-                    "changed": float(np.mean([any(s["kept"] for s in r["steps"]) for r in pristine]))
-                    if pristine else float("nan"),
-                    "generic_mean_drop": float(gdrops.mean()) if gdrops.size else float("nan")}
+    pristine_fig = clean_figures(pristine)
+    pristine_fig["by_set"] = {st: clean_figures([r for r in pristine if r["set"] == st])
+                              for st in dict.fromkeys(r["set"] for r in pristine)}  # the photos; each view
     beaten = [k for k in kinds if per_kind[k]["all"]["n"] and not per_kind[k]["all"]["refine"]["beats_generic"]]
     by_set = {st: block([r for r in degraded if r["set"] == st]) for st in ("global", "local")}
     bars = {"share_improved": overall["refine"]["improved"] if degraded else float("nan"),
@@ -326,7 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = [
         f"pristine inputs (n={pr['n']}: {clean}): SSIM drop mean {pr['mean_drop']:.4f}, max {pr['max_drop']:.4f}, "
         f"{pr['share_over_bar']:.0%} over {PRISTINE_BAR}; changed {pr['changed']:.0%} "
-        f"(generic: mean drop {pr['generic_mean_drop']:.4f})",
+        f"(generic: mean drop {pr['generic_mean_drop']:.4f})"
+        + "".join(f"; {st}: max {v['max_drop']:.4f}, {v['share_over_bar']:.0%} over" for st, v in pr["by_set"].items()),
         f"bars: SSIM improved on {bars['share_improved']:.0%} of degraded images (>= {SHARE_BAR:.0%}: "
         f"{'yes' if bars['share_improved_ok'] else 'NO'}; global {bars['share_improved_global']:.0%} improved, "
         f"{bars['share_worse_global']:.0%} worse; local {bars['share_improved_local']:.0%} improved, "

@@ -392,6 +392,25 @@ def test_refine_benchmark_clean_views_are_more_clean_inputs_of_each_photo(tmp_pa
     assert ref is img and ref_m is img_m and np.array_equal(ref_m, ref[:, ::-1])  # each view its own original
 
 
+def test_refine_benchmark_reports_clean_drops_over_all_clean_inputs_and_per_view():
+    from benchmarks.refine import summarise
+
+    def record(kind, set_, refined, kept):
+        m = {"ssim": 1.0 if kind is None else 0.8, "psnr": 30.0, "score": 50.0, "niqe": 3.0}
+        return {"kind": kind, "set": set_, "before": m, "refine": m | {"ssim": refined}, "generic": m | {"ssim": 0.9},
+                "steps": [{"kept": kept}]}
+
+    records = [record(None, "pristine", 1.0, False), record(None, "pristine", 0.998, True),
+               record(None, "pristine mirrored", 0.99, True), record(None, "pristine mirrored", 1.0, False),
+               record("jpeg", "global", 0.85, True)]
+    clean = summarise(records, ["jpeg"])["pristine"]
+    assert clean["n"] == 4 and clean["max_drop"] == pytest.approx(0.01) and clean["share_over_bar"] == 0.25
+    assert clean["changed"] == 0.5 and clean["mean_drop"] == pytest.approx(0.003)
+    photos, mirrored = clean["by_set"]["pristine"], clean["by_set"]["pristine mirrored"]
+    assert photos["n"] == 2 and photos["max_drop"] == pytest.approx(0.002) and photos["share_over_bar"] == 0.0
+    assert mirrored["max_drop"] == pytest.approx(0.01) and mirrored["share_over_bar"] == 0.5
+
+
 def test_refine_benchmark_takes_a_gate_file_or_none_not_both(tmp_path, capsys):
     from benchmarks.refine import main
 
