@@ -37,7 +37,7 @@ import platform
 import shlex
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -127,6 +127,20 @@ def _measure(ref: np.ndarray, img: np.ndarray, score: float, niqe_fn) -> dict:
     return {"ssim": ssim(ref, img), "psnr": psnr(ref, img), "score": score, "niqe": niqe_fn(img)}
 
 
+def names_arg(allowed: Sequence[str]) -> Callable[[str], list[str]]:
+    """An argparse type: comma-separated names, each one of ``allowed``, or ``none`` for no names."""
+
+    def parse(text: str) -> list[str]:
+        names = [] if text == "none" else text.split(",")
+        unknown = sorted(set(names) - set(allowed))
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)} "
+                                             f"(choose from {', '.join(allowed)}, or none)")
+        return names
+
+    return parse
+
+
 def clean_view(path: Path, base: np.ndarray, view: str) -> np.ndarray:
     """Another clean input made from a pristine photo (``base``: it as :func:`prepare_photo` loads it):
     ``mirrored`` left to right, ``cropped`` to its central 80 % each way (not resampled), or ``larger``
@@ -202,8 +216,8 @@ def run_items(photos: Sequence[Path], root: Path, kinds: Sequence[str], seed: in
 def clean_figures(clean: Sequence[dict]) -> dict:
     """What refine and the generic enhancement cost clean inputs: SSIM drops (mean, max, share over the bar)
     and the share refine changed."""
-    drops = np.array([r["before"]["ssim"] - r["refine"]["ssim"] for r in clean]) if clean else np.zeros(0)
-    gdrops = np.array([r["before"]["ssim"] - r["generic"]["ssim"] for r in clean]) if clean else np.zeros(0)
+    drops = np.array([r["before"]["ssim"] - r["refine"]["ssim"] for r in clean], np.float64)
+    gdrops = np.array([r["before"]["ssim"] - r["generic"]["ssim"] for r in clean], np.float64)
     return {"n": len(clean), "mean_drop": float(drops.mean()) if drops.size else float("nan"),
             "max_drop": float(drops.max()) if drops.size else float("nan"),
             "share_over_bar": float((drops > PRISTINE_BAR).mean()) if drops.size else float("nan"),
@@ -279,11 +293,13 @@ HEADER = ["kind", "n", "SSIM before", "dSSIM refine", "dSSIM generic", "SSIM imp
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from export import synth
+
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m benchmarks.refine", description=__doc__.split("\n\n")[0])
     p.add_argument("--photos", type=int, default=20, help="photos spread evenly over the split (default 20)")
     p.add_argument("--split", default="test", choices=("test", "dev"), help="test (report) or dev (tuning)")
-    p.add_argument("--kinds", default=None,
+    p.add_argument("--kinds", type=names_arg(synth.KINDS), default=list(synth.KINDS),
                    help="comma-separated synth kinds (default: all; 'none': only the clean inputs)")
     p.add_argument("--max-steps", type=int, default=4)
     p.add_argument("--model", default=None, help="critic name or folder (default: the bundled one)")
@@ -296,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="an edit gate's JSON (export.refine_gate fit --out FILE), not the shipped one; for tuning")
     p.add_argument("--pairs", type=int, default=0,
                    help="also N images per photo with two faults of different kinds (reported apart from the bars)")
-    p.add_argument("--clean-views", default=",".join(CLEAN_VIEWS),
+    p.add_argument("--clean-views", type=names_arg(CLEAN_VIEWS), default=list(CLEAN_VIEWS),
                    help=f"clean inputs made from each photo besides itself, comma-separated ({', '.join(CLEAN_VIEWS)}; "
                         "default: all) or 'none'")
     p.add_argument("--out", default=str(DEFAULT_OUT))
@@ -304,18 +320,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.no_gate and args.gate:
         p.error("--gate and --no-gate: choose one")
 
-    from export import synth
     from export.data import pristine_dir, pristine_photos
     from qds_lite.refine import SCORE_MARGIN
     from qds_lite.refine_gate import EditGate
 
-    kinds = [] if args.kinds == "none" else args.kinds.split(",") if args.kinds else list(synth.KINDS)
-    unknown = set(kinds) - set(synth.KINDS)
-    if unknown:
-        p.error(f"unknown kinds {sorted(unknown)}")
-    views = [] if args.clean_views == "none" else args.clean_views.split(",")
-    if set(views) - set(CLEAN_VIEWS):
-        p.error(f"unknown clean views {sorted(set(views) - set(CLEAN_VIEWS))}")
+    kinds, views = args.kinds, args.clean_views
     started = _dt.datetime.now(_dt.timezone.utc)
     root = pristine_dir()
     photos = pick_photos(pristine_photos(args.split, root), args.photos)

@@ -199,6 +199,9 @@ def record_sha256(path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from benchmarks.refine import CLEAN_VIEWS, names_arg
+    from export import synth
+
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(prog="python -m export.refine_gate", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -207,9 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--photos", type=int, default=60)
     c.add_argument("--shard", default="0/1", help="K/N: this process takes every N-th photo from the K-th")
     c.add_argument("--model", default=None)
-    c.add_argument("--kinds", default=None, help="comma-separated synth kinds (default: all; 'none': clean items only)")
-    c.add_argument("--clean-views", default="none",
-                   help="clean views of each photo as items too (benchmarks.refine.CLEAN_VIEWS, comma-separated)")
+    c.add_argument("--kinds", type=names_arg(synth.KINDS), default=list(synth.KINDS),
+                   help="comma-separated synth kinds (default: all; 'none': clean items only)")
+    c.add_argument("--clean-views", type=names_arg(CLEAN_VIEWS), default=[],
+                   help=f"clean views of each photo as items too, comma-separated ({', '.join(CLEAN_VIEWS)}; "
+                        "default none)")
     c.add_argument("--out", type=Path, required=True)
     f = sub.add_parser("fit", help="fit the gate on collected train rows, report it on dev rows")
     f.add_argument("--train", type=Path, nargs="+", required=True)
@@ -224,9 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "collect":
         k, n = (int(v) for v in args.shard.split("/"))
-        kinds = None if args.kinds is None else [] if args.kinds == "none" else args.kinds.split(",")
-        views = [] if args.clean_views == "none" else args.clean_views.split(",")
-        collect(args.split, args.photos, (k, n), args.out, args.model, kinds, views)
+        collect(args.split, args.photos, (k, n), args.out, args.model, args.kinds, args.clean_views)
         return 0
     info = fit_gate(args.train, args.dev, args.threshold, args.out, "python -m export.refine_gate " + " ".join(argv),
                     trees=args.trees, depth=args.depth, learning_rate=args.learning_rate, min_leaf=args.min_leaf,

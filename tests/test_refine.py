@@ -411,6 +411,19 @@ def test_refine_benchmark_reports_clean_drops_over_all_clean_inputs_and_per_view
     assert mirrored["max_drop"] == pytest.approx(0.01) and mirrored["share_over_bar"] == 0.5
 
 
+def test_refine_benchmark_lists_are_known_names_or_none(tmp_path, capsys):
+    from benchmarks.refine import CLEAN_VIEWS, main, names_arg
+
+    views = names_arg(CLEAN_VIEWS)
+    assert views("mirrored,larger") == ["mirrored", "larger"] and views("none") == []
+    with pytest.raises(SystemExit):
+        main(["--clean-views", "mirrored,rotated", "--out", str(tmp_path)])
+    assert "unknown rotated" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--kinds", "jpeg,fog", "--out", str(tmp_path)])
+    assert "unknown fog" in capsys.readouterr().err
+
+
 def test_refine_benchmark_takes_a_gate_file_or_none_not_both(tmp_path, capsys):
     from benchmarks.refine import main
 
