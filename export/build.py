@@ -17,8 +17,8 @@
 6. train the diagnosis's pixel-cue head and add it to the exported critic (export.cue_head, ~5 min; its
    training rows cached in WORK/cue_head; for the shipped critic it then writes the golden vectors that
    the parity tests read when torch is not installed), choose the diagnosis's thresholds on the maps the
-   exported critic reads on the dev split (export.diagnosis, ~5 min) and fit the score calibration there
-   (export.calibrate, ~2 min), both into the manifest.
+   exported critic reads on the dev split (export.diagnosis, ~5 min) and fit the score calibration on the
+   same run (export.calibrate, with the damage settings chosen on dev), both into the manifest.
 """
 
 from __future__ import annotations
@@ -282,7 +282,8 @@ def main() -> None:
                diagnosis={k: diag_log[k] for k in ("support", "spread", *DIAGNOSIS_DECODING)})
     add_cue_head(["--model-dir", str(a.out), "--work", str(a.work / "cue_head")])
     choose_thresholds(["--model-dir", str(a.out), "--out", str(a.work / "bench" / "diagnosis")])
-    calibrate(["--model-dir", str(a.out), "--out", str(a.work / "bench" / "calibration")])
+    # the same dev run: the maps and level distributions the calibration reads do not depend on the thresholds
+    calibrate(["--model-dir", str(a.out), "--records", str(a.work / "bench" / "diagnosis" / "accuracy.json")])
     print(json.dumps(history[-1]))
 
 

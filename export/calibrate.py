@@ -54,6 +54,9 @@ METHOD = "qds/onnx"
 SWEPT = ("srcc", "l_srcc", "d_auc", "p_acc", "cross_srcc")  # the figures --sweep prints
 NO_PENALTY = ScoreScale()  # the verdict's raw score alone
 SWEEP_SHARES, SWEEP_CELLS = (0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.9), (1, 2, 4, 8, 16)
+# The damage settings chosen with --sweep on the dev split (README, "The score reads the map too"): what a critic
+# whose manifest has none yet (a fresh export.build) is calibrated with.
+DAMAGE_SHARE, DAMAGE_CELLS = 0.5, 4
 
 
 def raw_score(record: dict, method: str = METHOD, head: ScoreScale = NO_PENALTY) -> float:
@@ -197,14 +200,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--cv", action="store_true",
                     help="print the two-fold cross-validation of the calibration variants; write nothing")
     ap.add_argument("--damage-share", type=float, default=None,
-                    help="share of the raw score a fully damaged map takes off (default: the manifest's, else 0)")
+                    help="share of the raw score a fully damaged map takes off (default: the manifest's, else "
+                    f"{DAMAGE_SHARE:g}; 0 for none)")
     ap.add_argument("--damage-cells", type=int, default=None,
-                    help="how many of the most damaged cells the damage is the mean of (default: the manifest's)")
+                    help="how many of the most damaged cells the damage is the mean of (default: the manifest's, "
+                    f"else {DAMAGE_CELLS})")
     ap.add_argument("--sweep", action="store_true",
                     help="print the dev ranking figures for a grid of damage shares and cells; write nothing")
     a = ap.parse_args(argv)
     run = dev_run(a.model_dir, a.records, a.out)
-    current = ScoreScale.of_config(json.loads((a.model_dir / "manifest.json").read_text())["config"])
+    config = json.loads((a.model_dir / "manifest.json").read_text())["config"]
+    current = ScoreScale.of_config(config) if "score" in config else \
+        ScoreScale(damage_share=DAMAGE_SHARE, damage_cells=DAMAGE_CELLS)
     head = ScoreScale(damage_share=current.damage_share if a.damage_share is None else a.damage_share,
                       damage_cells=current.damage_cells if a.damage_cells is None else a.damage_cells)
     if a.sweep:

@@ -56,3 +56,38 @@ def test_score_falls_with_severity(kind, critic, clean_images):
         rho = spearmanr(SEVERITIES, scores)[0]
         assert rho <= MAX_RHO and scores[0] - scores[-1] >= MIN_DROP, (
             f"{kind} on {name}: scores {np.round(scores, 1).tolist()} (rho {rho:.2f})")
+
+
+def test_a_critic_without_score_settings_is_calibrated_with_the_chosen_damage_settings(tmp_path):
+    """export.build writes a fresh critic with no score settings: the calibration must give it the damage
+    settings chosen on dev, not leave the damage map's penalty out (it once did); an explicit share 0 does."""
+    import json
+    import shutil
+
+    from benchmarks.accuracy import model_files_sha256
+    from export import calibrate
+    from qds_lite.model_store import BUNDLED_DIR, DEFAULT_MODEL
+    from qds_lite.protocol import FINDING_TYPES, N_CELLS
+
+    folder = tmp_path / "critic"
+    shutil.copytree(BUNDLED_DIR / DEFAULT_MODEL, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for key in ("score", "calibration"):
+        manifest["config"].pop(key)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    clean_cell = [0.0] * len(FINDING_TYPES) + [1.0]
+    damaged_cell = [0.5] + [0.0] * (len(FINDING_TYPES) - 1) + [0.5]
+    records = [{"set": "global", "photo": f"p{p}.jpg", "severity": s,
+                "level_probs": {calibrate.METHOD: [s / 2, s / 2, 0.0, 0.5 - s / 2, 0.5 - s / 2]},
+                "cells": {calibrate.METHOD: [damaged_cell if s else clean_cell] * N_CELLS}}
+               for p in range(2) for s in (0.0, 0.2, 0.4, 0.6, 0.8)]
+    run = {"command": "python -m benchmarks.accuracy --split dev", "settings": {"split": "dev"},
+           "model": {"files": model_files_sha256(manifest)}, "methods": [calibrate.METHOD],
+           "n_images": {"photos": 2}, "records": records}
+    path = tmp_path / "accuracy.json"
+    path.write_text(json.dumps(run))
+    calibrate.main(["--model-dir", str(folder), "--records", str(path)])
+    config = json.loads((folder / "manifest.json").read_text())["config"]
+    assert config["score"] == {"damage_share": calibrate.DAMAGE_SHARE, "damage_cells": calibrate.DAMAGE_CELLS}
+    calibrate.main(["--model-dir", str(folder), "--records", str(path), "--damage-share", "0"])
+    assert "score" not in json.loads((folder / "manifest.json").read_text())["config"]
