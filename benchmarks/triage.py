@@ -7,9 +7,10 @@ Measured in one run, round-robin, whole processes (start-up included on both sid
 (a) Pillow alone: a process that decodes every file fully (``Image.open(f).load()``) in a pool of W worker
     processes, the floor for any tool that must look at the pixels;
 (b) ``qds triage DIR --workers W --no-xmp --cache FRESH``: the first run of a shoot (nothing cached);
-(c) the same command again on the unchanged folder (everything cached).
+(c) the same command again on the unchanged folder (everything cached);
+(d) ``qds triage DIR --zooms 0 ...`` with a fresh cache: the glance alone, from a JPEG decoded at 1/8 scale.
 
-Reported: images/s of each, (b)/(a) (the bar: >= 0.8), (b) wall / (c) wall (the bar: >= 20), and the peak
+Reported: images/s of each, (b)/(a) (the bar: >= 0.8) and (d)/(a), (b) wall / (c) wall (the bar: >= 20), and the peak
 RSS of the largest process of each run (``RUSAGE_CHILDREN``: the parent or one worker). The folder is made
 deterministically from the held-out test photos (then their mirror images), each centre-cropped to 4:3 and
 upscaled to 4000x3000 (JPEG q92), as in benchmarks.speed, and qds_lite's bytecode is written first, as an
@@ -92,7 +93,7 @@ def main() -> None:
     shoot = a.out / "triage_shoot"
     files = make_shoot(shoot, a.photos)
     n = len(files)
-    rows: dict[str, list[dict]] = {"pillow": [], "first": [], "cached": []}
+    rows: dict[str, list[dict]] = {"pillow": [], "first": [], "cached": [], "glance": []}
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         triage = [sys.executable, "-m", "qds_lite", "triage", str(shoot), "--workers", str(a.workers), "--no-xmp",
@@ -106,6 +107,7 @@ def main() -> None:
             rows["pillow"].append(measure(pillow))
             rows["first"].append(measure([*triage, "--cache", str(cache)]))
             rows["cached"].append(measure([*triage, "--cache", str(cache)]))
+            rows["glance"].append(measure([*triage, "--zooms", "0", "--cache", str(Path(tmp) / f"glance{r}.sqlite3")]))
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]['wall_s']:.2f} s" for k, v in rows.items()),
                   file=sys.stderr)
     wall = {k: statistics.median(x["wall_s"] for x in v) for k, v in rows.items()}
@@ -114,6 +116,7 @@ def main() -> None:
         "photos": n, "size": "4000x3000 JPEG q92", "workers": a.workers, "repeat": a.repeat,
         "wall_s": wall, "images_per_s": {k: n / w for k, w in wall.items()}, "peak_rss_mb": rss,
         "triage_vs_pillow": wall["pillow"] / wall["first"], "first_vs_cached": wall["first"] / wall["cached"],
+        "glance_vs_pillow": wall["pillow"] / wall["glance"],
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load": [load0, os.getloadavg()]},
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": f"python -m benchmarks.triage --photos {a.photos} --workers {a.workers} --repeat {a.repeat}",
@@ -127,9 +130,11 @@ def main() -> None:
         "| whole process | median s | images/s | peak RSS MB (largest process) |", "|---|---:|---:|---:|",
         *(f"| {label} | {wall[k]:.2f} | {n / wall[k]:.1f} | {rss[k]:.0f} |" for k, label in (
             ("pillow", "Pillow decode only (same files, same workers)"), ("first", "qds triage, first run"),
-            ("cached", "qds triage, second run (nothing changed)"))),
+            ("cached", "qds triage, second run (nothing changed)"),
+            ("glance", "qds triage --zooms 0 (the glance alone, draft decode), first run"))),
         "", f"triage / Pillow throughput: **{result['triage_vs_pillow']:.2f}x** (bar >= 0.8); "
-        f"first / second run: **{result['first_vs_cached']:.1f}x** (bar >= 20).", "",
+        f"first / second run: **{result['first_vs_cached']:.1f}x** (bar >= 20); "
+        f"`--zooms 0` / Pillow: **{result['glance_vs_pillow']:.2f}x**.", "",
         f"_{result['date']}, {result['machine']['platform']}, {result['machine']['cpus']} CPUs, load {load0}._", ""])
     (a.out / "triage.md").write_text(md)
     print(md)

@@ -54,6 +54,9 @@ class Critic:
         budget = self.max_zooms if zooms is None else zooms
         if not 0 <= budget <= P.N_CELLS:
             raise QdsError(f"zoom budget must be between 0 and {P.N_CELLS}, not {budget}")
+        if budget and not loaded.native:
+            raise QdsError(f"{loaded.name}: loaded for a glance only, so it cannot be zoomed into",
+                           hint="load it with load_image(...) in full, or score it with zooms=0")
         if len(set(look)) != len(look) or not all(0 <= c < P.N_CELLS for c in look):
             raise QdsError(f"cells to look at must be distinct, from 0 to {P.N_CELLS - 1}: {list(look)}")
         with blas.limited(self.threads):

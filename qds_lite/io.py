@@ -40,6 +40,7 @@ MAX_PIXELS_DEFAULT = 200_000_000  # refuse larger images before decoding; env QD
 _STRIP_PIXELS = 4_000_000  # pixels copied out of Pillow per strip (bounds the extra memory)
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_STORED_SIZE = "qds_stored_size"  # Image.info key: a draft-decoded image's size in the file
 _REFUSED_FORMATS = {"EPS"}  # Pillow decodes these by running an external program (Ghostscript)
 # Pillow's plugins raise any of these on malformed input, depending on the format and the damage.
 _DECODE_ERRORS = (
@@ -59,6 +60,8 @@ class LoadedImage:
     # what loading took (decode, orientation, colour conversion, glance): reported in a score's timings even
     # when the image was loaded ahead in another thread (Critic.score_many, the CLI)
     load_ms: float = field(default=0.0, compare=False)
+    # False when ``full`` is a reduced decode (load_image(glance_only=True)): enough for a glance, not for zooms
+    native: bool = True
 
     @cached_property
     def pixels(self) -> np.ndarray:
@@ -73,8 +76,8 @@ class LoadedImage:
         """Native pixels of the fractional ``box`` (x0, y0, x1, y1), one in every k rows and columns so that
         at most about ``max_pixels`` remain (HxWx3 uint8; picked, not averaged): shares of pixels measured
         on it (how many are blown white) are those of the full resolution, which a downscaled view would
-        average away."""
-        w, h = self.original_size
+        average away. (Of a ``glance_only`` load: pixels of its reduced decode.)"""
+        w, h = self.full.size if isinstance(self.full, Image.Image) else (self.full.shape[1], self.full.shape[0])
         x0, y0, x1, y1 = box_pixels((h, w), box)
         x0, y0 = min(x0, w - 1), min(y0, h - 1)
         x1, y1 = max(x0 + 1, x1), max(y0 + 1, y1)  # never empty
@@ -102,7 +105,7 @@ class LoadedImage:
 Source = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
 
-def load_image(source: Source, *, max_pixels: int | None = None) -> LoadedImage:
+def load_image(source: Source, *, max_pixels: int | None = None, glance_only: bool = False) -> LoadedImage:
     """Load ``source`` as oriented sRGB RGB uint8 pixels plus its glance view.
 
     Files and bytes are identified by content, decoded once at full resolution (zooms need native
@@ -110,13 +113,18 @@ def load_image(source: Source, *, max_pixels: int | None = None) -> LoadedImage:
     white when they have alpha. Images above ``max_pixels`` (default: env ``QDS_MAX_PIXELS`` or
     ``MAX_PIXELS_DEFAULT``) are refused before decoding. An ndarray input is used as is (no copy
     when it is already C-contiguous HxWx3 uint8, so do not modify it while the result is in use).
+
+    ``glance_only``: for a critic that will not zoom (``zooms=0``): a JPEG is decoded at the smallest
+    DCT scale (1/2 to 1/8) that still covers the glance, a quarter of the time of a full decode for a
+    12 MP photo (README, *Triage*); ``full`` is then that reduced image, ``native`` False, and
+    ``original_size`` still the photo's. Other formats decode in full as usual.
     """
     t0 = time.perf_counter()
-    loaded = _load(source, max_pixels)
+    loaded = _load(source, max_pixels, glance_only)
     return dataclasses.replace(loaded, load_ms=(time.perf_counter() - t0) * 1e3)
 
 
-def _load(source: Source, max_pixels: int | None) -> LoadedImage:
+def _load(source: Source, max_pixels: int | None, glance_only: bool = False) -> LoadedImage:
     if isinstance(source, np.ndarray):
         return _from_array(source)
     if isinstance(source, Image.Image):
@@ -125,24 +133,16 @@ def _load(source: Source, max_pixels: int | None) -> LoadedImage:
         _pillow_call(name, img, img.load)
     else:
         name, data = _read_source(source)
-        img, owned = _open(data, name, _pixel_limit(max_pixels)), True
+        img, owned = _open(data, name, _pixel_limit(max_pixels), draft=glance_only), True
     if not owned:  # never keep a reference to the caller's image: they may change it later
         img = img.copy()
+    stored = img.info.get(_STORED_SIZE, img.size)  # the file's own size, before a draft decode reduced it
+    turned = _orientation(img) >= 5  # EXIF orientations 5-8 swap width and height (read before orienting)
     img = _to_srgb(img, name, owned=True)
     glance, reduced = _glance_and_reduced(img)
-    return LoadedImage(name, img, img.size, glance, reduced)
-
-
-def fast_glance(source: str | os.PathLike | bytes, *, max_pixels: int | None = None) -> np.ndarray:
-    """Approximate glance for triage: JPEGs are decoded at reduced size with Pillow's ``draft``.
-
-    The DCT-domain downscale differs slightly from resizing the full image, so this is *not* what
-    :func:`load_image` (and training) use; it is for cheap ranking of many files. Other formats are
-    decoded in full, exactly as by ``load_image``.
-    """
-    name, data = _read_source(source)
-    img = _open(data, name, _pixel_limit(max_pixels), draft=(GLANCE_SIZE, GLANCE_SIZE))
-    return _glance_of(_to_srgb(img, name, owned=True))
+    native = stored == (img.size[::-1] if turned else img.size)
+    size = img.size if native else (stored[::-1] if turned else stored)
+    return LoadedImage(name, img, size, glance, reduced, native=native)
 
 
 def glance_view(pixels: np.ndarray) -> np.ndarray:
@@ -291,12 +291,16 @@ def _pillow_call(name: str, img: Image.Image | None, fn, *args, **kwargs):
         raise ImageLoadError(name, f"corrupt {fmt} data ({detail})") from e
 
 
-def _open(data: bytes, name: str, limit: int, draft: tuple[int, int] | None = None) -> Image.Image:
-    """Identify by content, refuse oversize images from the header, then decode fully (first frame)."""
+def _open(data: bytes, name: str, limit: int, draft: bool = False) -> Image.Image:
+    """Identify by content, refuse oversize images from the header, then decode fully (first frame); with
+    ``draft``, a JPEG at the smallest DCT scale that still covers the glance (its stored size is then kept in
+    ``info[_STORED_SIZE]``)."""
     img = _identify(data, name)
     _check_size(img.size, name, limit)
-    if draft is not None:
-        _pillow_call(name, img, img.draft, "RGB", draft)
+    if draft:
+        stored = img.size
+        if _pillow_call(name, img, img.draft, "RGB", (GLANCE_SIZE, GLANCE_SIZE)) is not None:
+            img.info[_STORED_SIZE] = stored
     _pillow_call(name, img, img.load)  # full decode now, so truncation shows up here
     return img
 

@@ -166,7 +166,7 @@ def _score_one(task: tuple[str, str | None]) -> dict:
         key = result_key(sha, critic.model["sha256"], _worker["digest"])
         if cache.has(key):
             return {"path": path, "sha": sha, "key": key, "cached": True}
-        loaded = load_image(path)
+        loaded = load_image(path, glance_only=critic.max_zooms == 0)  # --zooms 0: a draft decode is enough
         result = critic.score(loaded)
         when, source = capture_time(None, Path(path))  # reads the EXIF header only
     except QdsError as e:

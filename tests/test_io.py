@@ -509,14 +509,28 @@ def test_glance_is_pillow_reducing_gap_resize_and_thumbnail_keeps_aspect(size):
     assert np.abs(np.array(thumb, dtype=float) - direct).mean() < 12  # same picture, resampled differently
 
 
-def test_fast_glance_approximates_glance(tmp_path):
+def test_glance_only_load_decodes_a_jpeg_small_and_keeps_its_size(tmp_path):
     ys, xs = np.mgrid[0:1200, 0:1600]
     smooth = np.stack([xs * 255 // 1600, ys * 255 // 1200, (xs + ys) * 255 // 2800], -1).astype(np.uint8)
     path = save(Image.fromarray(smooth), tmp_path / "big.jpg", quality=95, exif=exif_bytes(6))
-    exact = qio.load_image(path).glance
-    approx = qio.fast_glance(path)
-    assert approx.shape == exact.shape and approx.dtype == np.uint8
-    assert np.abs(approx.astype(int) - exact).mean() < 3  # orientation honoured too
+    exact = qio.load_image(path)
+    quick = qio.load_image(path, glance_only=True)
+    assert exact.native and exact.original_size == (1200, 1600)  # orientation 6: turned upright
+    assert not quick.native and quick.original_size == exact.original_size  # the photo's size, not the decode's
+    assert quick.full.size == (300, 400)  # DCT-scaled by 4: the smallest decode that still covers the glance
+    assert quick.glance.shape == exact.glance.shape and quick.glance.dtype == np.uint8
+    assert np.abs(quick.glance.astype(int) - exact.glance).mean() < 3  # the same view, orientation honoured
+    corner = quick.sample((0.0, 0.0, 0.25, 0.25))  # boxes map onto the reduced decode
+    assert corner.shape == (100, 75, 3)
+    assert np.abs(corner.astype(int).mean((0, 1)) - exact.sample((0.0, 0.0, 0.25, 0.25)).mean((0, 1))).max() < 3
+    assert quick.thumbnail(320).size == exact.thumbnail(320).size
+
+
+def test_glance_only_load_of_a_small_jpeg_or_a_png_is_a_full_one(tmp_path):
+    img = Image.fromarray(coord_image(300, 200))
+    for path in (save(img, tmp_path / "small.jpg", quality=95), save(img, tmp_path / "big.png")):
+        quick = qio.load_image(path, glance_only=True)
+        assert quick.native and quick.original_size == (300, 200)
 
 
 def coord_image(w: int, h: int) -> np.ndarray:

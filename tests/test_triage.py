@@ -115,6 +115,25 @@ def test_options_and_model_are_part_of_the_cache_key(shoot, tmp_path):
     assert f"{len(PHOTOS)} new, 0 cached" in other.stderr
 
 
+def test_the_glance_alone_reads_a_draft_decode(tmp_path):
+    """--zooms 0 needs no native pixels: a camera-sized JPEG is decoded at reduced size, and its record is
+    what the critic says of that decode, with the photo's own size in the trace."""
+    import qds_lite
+    from qds_lite.io import load_image
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    with Image.open(DATA / "rocket_clean.jpg") as im:
+        im.convert("RGB").resize((im.width * 5, im.height * 5), Image.LANCZOS).save(folder / "big.jpg", quality=92)
+    r = triage(str(folder), "--no-xmp", "--zooms", "0", "--jsonl", str(tmp_path / "all.jsonl"))
+    assert r.exit_code == 0, r.output
+    rec = json.loads((tmp_path / "all.jsonl").read_text())
+    quick = load_image(folder / "big.jpg", glance_only=True)
+    assert not quick.native
+    assert rec["score"] == round(qds_lite.load().score(quick, zooms=0).score, 2)
+    assert rec["steps"] == [{"tool": "glance", "size": [256, 256], "native_px": list(quick.original_size)}]
+
+
 def test_dry_run_writes_nothing(shoot, tmp_path):
     before = {p: p.read_bytes() for p in shoot.rglob("*") if p.is_file() and not p.is_symlink()}
     r = triage(str(shoot), "--dry-run", "--copy-picks", str(tmp_path / "picks"), cache=tmp_path / "c.db")
