@@ -503,22 +503,27 @@ def _finding_dicts(result) -> list[dict]:
             for f in result.findings]
 
 
-def _load_critics(model: str | None, names: Sequence[str], threads: int | None) -> tuple[dict, dict, dict]:
-    """One critic per backend that loads here; (critics, skipped backends with reasons, model info).
-    Raises QdsError when the model itself cannot be found or verified."""
+def _load_critics(model: str | None, names: Sequence[str], threads: int | None,
+                  zooms: int | None = None) -> tuple[dict, dict, dict]:
+    """One critic per backend that loads here, each with a budget of ``zooms`` (None: the default); (critics,
+    skipped backends with reasons, model info). Raises QdsError when the model itself cannot be found or
+    verified."""
     import qds_lite
     from qds_lite.model_store import resolve
+    from qds_lite.protocol import DEFAULT_ZOOMS
 
     from . import variants
 
     files = resolve(model)  # model problems are fatal; backend problems only skip that backend
+    zooms = DEFAULT_ZOOMS if zooms is None else zooms
     info = {"name": files.name, "root": str(files.root), "sha256": files.sha256,
             "version": files.manifest.get("version"), "files": model_files_sha256(files.manifest)}
     critics, skipped = {}, {}
     for name in names:
         try:
-            critics[CRITIC_PREFIX + name] = (variants.load(name, model, threads) if name in variants.VARIANTS
-                                             else qds_lite.load(model, backend=name, threads=threads))
+            critics[CRITIC_PREFIX + name] = (variants.load(name, model, threads, zooms=zooms)
+                                             if name in variants.VARIANTS
+                                             else qds_lite.load(model, backend=name, threads=threads, zooms=zooms))
         except Exception as e:  # noqa: BLE001  a missing or broken optional engine only drops that backend
             skipped[name] = f"{type(e).__name__}: {getattr(e, 'message', e)}"
             print(f"accuracy: skipping backend {name}: {skipped[name]}", file=sys.stderr)
@@ -826,7 +831,7 @@ def open_run(args: argparse.Namespace, label: str, what: str) -> tuple | None:
 
     names = [b.strip() for b in args.backends.split(",") if b.strip()]
     try:
-        critics, skipped, model_info = _load_critics(args.model, names, args.threads)
+        critics, skipped, model_info = _load_critics(args.model, names, args.threads, args.zooms)
     except QdsError as e:
         print(f"{label}: {e.message} (the trained critic may not be there yet: try --model build/tmpmodel)",
               file=sys.stderr)
@@ -953,7 +958,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
                      "local_per_kind": args.local_per_kind,
                      "seed": args.seed, "grid": GRID, "d_test_min_severity": D_TEST_MIN_SEVERITY,
                      "split": args.split, "p_test_min_gap": P_TEST_MIN_GAP, "iou_hit": IOU_HIT,
-                     "threads": args.threads},
+                     "threads": args.threads, "zooms": args.zooms},
         "n_images": {"global": n_global, "local": n_local, "total": len(records), "photos": len(photos)},
         "photos": photo_info, "seconds_per_image": seconds,
         "results": report["methods"], "backend_gap": report["backend_gap"],
@@ -984,6 +989,9 @@ def benchmark_parser(name: str, doc: str, default_out: Path) -> argparse.Argumen
     p.add_argument("--out", default=str(default_out), help="output folder (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="threads per critic backend (default: the backend's)")
     p.add_argument("--no-baselines", action="store_true", help="score with the critic only (quick checks)")
+    p.add_argument("--zooms", type=int, choices=range(17), default=None, metavar="N",  # 16: protocol.N_CELLS
+                   help="the critic's zoom budget, 0 to 16; 0: the glance alone, as `qds triage --zooms 0` scores "
+                   "(default: the critic's, 3)")
     return p
 
 

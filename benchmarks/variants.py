@@ -110,7 +110,8 @@ def _q4_0_reasoner(files, weights, folder: Path) -> Path:
     return _built(folder / "reasoner.q4_0.gguf", build)
 
 
-def load(name: str, model: str | None = None, threads: int | None = None, cache: Path = CACHE):
+def load(name: str, model: str | None = None, threads: int | None = None, cache: Path = CACHE,
+         zooms: int | None = None):
     """A :class:`qds_lite.Critic` running variant ``name`` (one of :data:`VARIANTS`) of ``model``."""
     from qds_lite import protocol as P
     from qds_lite.critic import Critic
@@ -141,4 +142,4 @@ def load(name: str, model: str | None = None, threads: int | None = None, cache:
         backend.name = name
     else:
         raise ValueError(f"unknown variant {name!r} (choose from {', '.join(VARIANTS)})")
-    return Critic(files, backend, weights, P.DEFAULT_ZOOMS)
+    return Critic(files, backend, weights, P.DEFAULT_ZOOMS if zooms is None else zooms)

@@ -143,7 +143,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         "model": model_info, "backends": [m[len(CRITIC_PREFIX):] for m in critics], "skipped_backends": skipped,
         "baselines": [b.name for b in baselines], "methods": methods,
         "settings": {"kinds": kinds, "levels": list(LEVELS), "long_side": LONG_SIDE, "seed": args.seed,
-                     "split": args.split},
+                     "split": args.split, "zooms": args.zooms},
         "photos": photo_info, "seconds_per_image": seconds, "results": report["methods"],
         "plot": {"file": "waterloo_per_kind.png", "engine": plot_engine}, "environment": _environment(),
         "records": records,
