@@ -18,7 +18,8 @@
    training rows cached in WORK/cue_head; for the shipped critic it then writes the golden vectors that
    the parity tests read when torch is not installed), choose the diagnosis's thresholds on the maps the
    exported critic reads on the dev split (export.diagnosis, ~5 min) and fit the score calibration on the
-   same run (export.calibrate, with the damage settings chosen on dev), both into the manifest.
+   same run (export.calibrate, with the damage settings chosen on dev), both into the manifest; then the
+   same two for the glance alone (a zoom budget of 0), on a --zooms 0 run (~2 min).
 """
 
 from __future__ import annotations
@@ -284,6 +285,10 @@ def main() -> None:
     choose_thresholds(["--model-dir", str(a.out), "--out", str(a.work / "bench" / "diagnosis")])
     # the same dev run: the maps and level distributions the calibration reads do not depend on the thresholds
     calibrate(["--model-dir", str(a.out), "--records", str(a.work / "bench" / "diagnosis" / "accuracy.json")])
+    # the glance alone (`qds triage --zooms 0`) reads maps and a raw scale of its own: its thresholds and anchors
+    choose_thresholds(["--model-dir", str(a.out), "--glance", "--out", str(a.work / "bench" / "diagnosis-glance")])
+    calibrate(["--model-dir", str(a.out), "--glance", "--records",
+               str(a.work / "bench" / "diagnosis-glance" / "accuracy.json")])
     print(json.dumps(history[-1]))
 
 

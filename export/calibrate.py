@@ -5,6 +5,7 @@
     python -m export.calibrate --records build/bench/dev/accuracy.json --cv   # measure, write nothing
     python -m export.calibrate --records build/bench/dev/accuracy.json --sweep   # damage settings, write nothing
     python -m export.calibrate --records build/bench/dev/accuracy.json --damage-share 0.5 --damage-cells 4
+    python -m export.calibrate --glance [--records RUN]   # the glance alone (zoom budget 0), from a --zooms 0 run
 
 The raw score is the verdict's, less the share of it the diagnosis map takes off (``qds_lite.scale``); the
 damage settings are written into the manifest with the anchors, which are fitted on raw scores with them.
@@ -30,6 +31,11 @@ half; mean absolute distance to the trained-for score, share of images given the
     measured once with a throwaway script, not kept):
     smaller errors on the dev mix but it estimates the mean over that mix (13 damaged images per clean
     one) and so pulls clean photos down to 68-78, never *excellent*.
+
+The glance alone (``qds triage --zooms 0``: no zoom, no check) reads a raw scale of its own, compressed towards
+the middle (held-out test, the full critic's calibration: clean photos 79 on average against 85, severity
+0.8 at 33 against 28), so ``--glance`` fits it its own anchors the same way, on a ``--zooms 0`` dev run, into
+``config["glance"]["calibration"]`` (``qds_lite.scale``); the damage settings stay the critic's.
 
 Only the dev split is used (the test split stays for evaluation); the raw score of every image is
 recomputed from its level distribution, so the fit does not depend on a calibration already written.
@@ -136,30 +142,40 @@ def cross_validate(records: Sequence[dict], method: str = METHOD, folds: int = 2
     return rows
 
 
-def write(model_dir: Path, scale: ScoreScale, run: dict) -> None:
-    """Put ``scale`` into the manifest's config, with where it came from."""
+def write(model_dir: Path, scale: ScoreScale, run: dict, glance: bool = False) -> None:
+    """Put ``scale`` into the manifest's config, with where it came from; ``glance``: as the calibration of
+    the glance alone (``config["glance"]``), which keeps the critic's damage settings."""
     path = model_dir / "manifest.json"
     doc = json.loads(path.read_text())
-    doc["config"].pop("score", None)
-    if scale.damage_share:
-        doc["config"]["score"] = {"damage_share": scale.damage_share, "damage_cells": scale.damage_cells}
-    doc["config"]["calibration"] = {
+    if not glance:
+        doc["config"].pop("score", None)
+        if scale.damage_share:
+            doc["config"]["score"] = {"damage_share": scale.damage_share, "damage_cells": scale.damage_cells}
+    entry = {
         "raw": list(scale.raw), "score": list(scale.score),
-        "fitted": {"command": "python -m export.calibrate" + (
+        "fitted": {"command": "python -m export.calibrate" + (" --glance" if glance else "") + (
                        f" --damage-share {scale.damage_share:g} --damage-cells {scale.damage_cells}"
-                       if scale.damage_share else ""), "on": run["command"],
+                       if scale.damage_share and not glance else ""), "on": run["command"],
                    "photos": run["n_images"]["photos"],
                    "images": sum(1 for r in run["records"] if r["set"] == "global" and r["severity"])},
     }
+    if glance:
+        doc["config"].setdefault("glance", {})["calibration"] = entry
+    else:
+        doc["config"]["calibration"] = entry
     manifest.write_json(path, doc)
 
 
-def check_run(run: dict, model_dir: Path, tool: str = "calibrate") -> None:
-    """Refuse a run on the test split, of another critic (by its files' sha256) or without onnx scores;
+def check_run(run: dict, model_dir: Path, tool: str = "calibrate", glance: bool = False) -> None:
+    """Refuse a run on the test split, of another critic (by its files' sha256), without onnx scores, or with
+    another zoom budget than what is fitted (``glance``: the glance alone, 0; else the critic's own);
     ``tool`` names the command in the message."""
     if run["settings"]["split"] != "dev":
         raise SystemExit(f"{tool}: the run is on the {run['settings']['split']} split; fit on dev only "
                          "(the test split stays for evaluation)")
+    if glance != (run["settings"].get("zooms") == 0):
+        raise SystemExit(f"{tool}: the run scored " + ("with zooms; --glance needs a --zooms 0 run" if glance
+                                                        else "the glance alone (--zooms 0); pass --glance"))
     files = accuracy.model_files_sha256(json.loads((model_dir / "manifest.json").read_text()))
     if run["model"].get("files") != files:
         raise SystemExit(f"{tool}: the run did not score the critic in {model_dir} (its files' sha256 differ, "
@@ -169,10 +185,11 @@ def check_run(run: dict, model_dir: Path, tool: str = "calibrate") -> None:
 
 
 def dev_run(model_dir: Path, records: Path | None, out: Path, tool: str = "calibrate",
-            options: Sequence[str] = ()) -> dict:
+            options: Sequence[str] = (), glance: bool = False) -> dict:
     """The dev-split accuracy run of the critic in ``model_dir`` that ``tool`` writes into its manifest from:
-    ``records`` (an accuracy.json) or, when None, a run made now (with ``options``, report in ``out``). The
-    folder is verified first (its files against the manifest's sha256) and the run checked (:func:`check_run`)."""
+    ``records`` (an accuracy.json) or, when None, a run made now (with ``options``, and ``--zooms 0`` for the
+    ``glance`` alone; report in ``out``). The folder is verified first (its files against the manifest's
+    sha256) and the run checked (:func:`check_run`)."""
     try:
         resolve(model_dir)
     except ModelError as e:
@@ -180,12 +197,13 @@ def dev_run(model_dir: Path, records: Path | None, out: Path, tool: str = "calib
     if records is None:
         bundled = model_dir.resolve() == (BUNDLED_DIR / DEFAULT_MODEL).resolve()
         model = [] if bundled else ["--model", str(model_dir)]  # the manifest records the command: no paths
-        if accuracy.main(["--split", "dev", *options, "--backends", "onnx", "--no-baselines", *model,
+        zooms = ["--zooms", "0"] if glance else []
+        if accuracy.main(["--split", "dev", *options, *zooms, "--backends", "onnx", "--no-baselines", *model,
                           "--out", str(out)]):
             raise SystemExit(f"{tool}: scoring the dev split failed (above); the manifest is unchanged")
         records = out / "accuracy.json"
     run = json.loads(records.read_text())
-    check_run(run, model_dir, tool)
+    check_run(run, model_dir, tool, glance)
     return run
 
 
@@ -205,10 +223,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--damage-cells", type=int, default=None,
                     help="how many of the most damaged cells the damage is the mean of (default: the manifest's, "
                     f"else {DAMAGE_CELLS})")
+    ap.add_argument("--glance", action="store_true",
+                    help="fit the calibration of the glance alone (a zoom budget of 0, `qds triage --zooms 0`) "
+                    "on a --zooms 0 dev run, beside the critic's own")
     ap.add_argument("--sweep", action="store_true",
                     help="print the dev ranking figures for a grid of damage shares and cells; write nothing")
     a = ap.parse_args(argv)
-    run = dev_run(a.model_dir, a.records, a.out)
+    run = dev_run(a.model_dir, a.records, a.out, glance=a.glance)
     config = json.loads((a.model_dir / "manifest.json").read_text())["config"]
     current = ScoreScale.of_config(config) if "score" in config else \
         ScoreScale(damage_share=DAMAGE_SHARE, damage_cells=DAMAGE_CELLS)
@@ -232,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(f"calibrate: {e}; the manifest is unchanged") from e
     for raw, score in zip(scale.raw[1:-1], scale.score[1:-1]):
         print(f"raw {raw:6.2f} -> {score:5.1f}")
-    write(a.model_dir, scale, run)
+    write(a.model_dir, scale, run, glance=a.glance)
 
 
 if __name__ == "__main__":

@@ -319,15 +319,22 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="accuracy.json of a dev-split run of this critic (default: score the dev split now)")
     ap.add_argument("--out", type=Path, default=Path("build") / "bench" / "diagnosis",
                     help="where the dev-split run writes its report (default: %(default)s)")
+    ap.add_argument("--glance", action="store_true",
+                    help="choose the thresholds of the glance alone (a zoom budget of 0) on a --zooms 0 dev run, "
+                    "beside the critic's own")
     a = ap.parse_args(argv)
-    run = dev_run(a.model_dir, a.records, a.out, "diagnosis", CHOICE_RUN)
+    run = dev_run(a.model_dir, a.records, a.out, "diagnosis", CHOICE_RUN, glance=a.glance)
     if not all(METHOD in r.get("cells", {}) for r in run["records"]):
         raise SystemExit("diagnosis: the run has no diagnosis maps (a critic without one, or an older run)")
     chosen = choose_thresholds(Evidence.of_records(run["records"], METHOD))
     path = a.model_dir / "manifest.json"
     doc = json.loads(path.read_text())
-    doc["config"]["diagnosis"].update(support=chosen["support"], spread=chosen["spread"],
-                                      chosen_on=run["command"])
+    if a.glance:
+        doc["config"].setdefault("glance", {}).update(support=chosen["support"], spread=chosen["spread"],
+                                                      chosen_on=run["command"])
+    else:
+        doc["config"]["diagnosis"].update(support=chosen["support"], spread=chosen["spread"],
+                                          chosen_on=run["command"])
     manifest.write_json(path, doc)
 
 

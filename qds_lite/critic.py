@@ -31,6 +31,7 @@ class Critic:
         self.threads = threads  # also NumPy's BLAS threads while scoring (qds_lite.blas)
         self._reasoner = Reasoner(backend, weights, Diagnosis.of_model(weights, files.config))
         self.scale = ScoreScale.of_config(files.config)
+        self.glance_scale = ScoreScale.of_config(files.config, glance_alone=True)  # for a zoom budget of 0
         self.model = {"name": files.name, "sha256": files.sha256}
 
     @classmethod
@@ -63,7 +64,7 @@ class Critic:
             traj = self._reasoner.run(loaded, budget, look)
         timings = {"decode": loaded.load_ms, "model": traj.model_ms}
         return build_result(loaded.name, traj, loaded.original_size, self.model, self.backend.name, timings,
-                            self.scale)
+                            self.scale if budget else self.glance_scale)
 
     def score_many(self, images: Iterable[Source], *, zooms: int | None = None) -> Iterator[Result | QdsError]:
         """Stream results in input order; a bad input yields its QdsError instead of stopping the stream.

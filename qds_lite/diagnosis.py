@@ -93,9 +93,14 @@ class Diagnosis:
 
     def __init__(self, weights: Mapping[str, np.ndarray], support: float | Sequence[float], spread: float,
                  type_weight: float = 0.0, zoom_weight: float = 0.0, find_margin: float = 0.0,
-                 check_zooms: int = 0, cue_weight: float = 0.0) -> None:
+                 check_zooms: int = 0, cue_weight: float = 0.0,
+                 glance_support: float | Sequence[float] | None = None, glance_spread: float | None = None) -> None:
         self.weights = weights
         self.support = np.broadcast_to(np.asarray(support, np.float64), (len(P.FINDING_TYPES),))  # per type
+        # for a map read from the glance alone (a zoom budget of 0): its own thresholds where chosen, else these
+        self.glance_support = self.support if glance_support is None else \
+            np.broadcast_to(np.asarray(glance_support, np.float64), (len(P.FINDING_TYPES),))
+        self.glance_spread = spread if glance_spread is None else glance_spread
         self.spread = spread
         self.type_weight = type_weight
         self.zoom_weight = zoom_weight
@@ -110,15 +115,19 @@ class Diagnosis:
         if settings is None or "diag.glance.w1" not in weights:
             return None
         support = settings["support"]
-        if isinstance(support, list) and len(support) != len(P.FINDING_TYPES):
-            raise ModelError(f"the diagnosis has {len(support)} support thresholds for "
-                             f"{len(P.FINDING_TYPES)} finding types", hint="re-run `python -m export.diagnosis`")
+        glance = config.get("glance", {})
+        glance_support = glance.get("support")
+        for thresholds in (support, glance_support):
+            if isinstance(thresholds, list) and len(thresholds) != len(P.FINDING_TYPES):
+                raise ModelError(f"the diagnosis has {len(thresholds)} support thresholds for "
+                                 f"{len(P.FINDING_TYPES)} finding types", hint="re-run `python -m export.diagnosis`")
         if weights["diag.glance.w1"].shape[1] != config["feat_dim"]:  # heads trained on tokens, before features
             raise ModelError(f"the diagnosis heads read {weights['diag.glance.w1'].shape[1]} inputs, not the "
                              f"encoder's {config['feat_dim']} features", hint="re-run `python -m export.build`")
         return cls(weights, support, float(settings["spread"]),
                    *(float(settings.get(k, 0.0)) for k in ("type_weight", "zoom_weight", "find_margin")),
-                   check_zooms=int(settings.get("check_zooms", 0)), cue_weight=float(settings.get("cue_weight", 0.0)))
+                   check_zooms=int(settings.get("check_zooms", 0)), cue_weight=float(settings.get("cue_weight", 0.0)),
+                   glance_support=glance_support, glance_spread=glance.get("spread"))
 
     def glance(self, features: np.ndarray) -> np.ndarray:
         """The glance's pooled features (cells, f) -> per-cell probabilities (cells, types + clean)."""
@@ -133,22 +142,33 @@ class Diagnosis:
         """Pixel cues (..., len(pixel_cues.NAMES)) -> the cue head's probabilities (..., types + clean)."""
         return softmax(mlp(self.weights, "diag.cues", cues).astype(np.float64))
 
-    def start(self, glance_features: np.ndarray, pixels: Pixels | None = None) -> CellMap:
+    def start(self, glance_features: np.ndarray, pixels: Pixels | None = None, glance_alone: bool = False) -> CellMap:
         """The map of one image from its glance's features and, for the :data:`EVIDENCE` checks, a way to read
         its pixels in a fractional box (``LoadedImage.sample``; without it, as when training chooses the
         thresholds from the heads alone, nothing is checked)."""
-        return CellMap(self, glance_features, pixels)
+        return CellMap(self, glance_features, pixels, glance_alone)
 
 
 class CellMap:
     """One image's diagnosis, refined as the zooms come in, and the grounding rules read from it."""
 
-    def __init__(self, diagnosis: Diagnosis, glance_features: np.ndarray, pixels: Pixels | None = None) -> None:
+    def __init__(self, diagnosis: Diagnosis, glance_features: np.ndarray, pixels: Pixels | None = None,
+                 glance_alone: bool = False) -> None:
         self.diagnosis = diagnosis
+        self.glance_alone = glance_alone  # read from the glance alone (a zoom budget of 0): its own thresholds
         self.glance_features = glance_features
         self.pixels = pixels
         self._borne_out: dict[tuple[int, int, int], bool] = {}  # (type, box corners) -> evidence verdict
         self.probs = diagnosis.glance(glance_features)
+
+    @property
+    def support(self) -> np.ndarray:
+        """Per finding type, the probability some cell must give it before the type may be named."""
+        return self.diagnosis.glance_support if self.glance_alone else self.diagnosis.support
+
+    @property
+    def spread(self) -> float:
+        return self.diagnosis.glance_spread if self.glance_alone else self.diagnosis.spread
 
     def zoomed(self, cell: int, zoom_features: np.ndarray, window: np.ndarray | None = None) -> None:
         """A zoom on ``cell`` replaces the glance's reading of that cell with the native-resolution one: the
@@ -166,7 +186,7 @@ class CellMap:
         return [int(c) for c in order if int(c) not in zoomed][:self.diagnosis.check_zooms]
 
     def supported(self, type_index: int) -> bool:
-        if self.probs[:, type_index].max() < self.diagnosis.support[type_index]:
+        if self.probs[:, type_index].max() < self.support[type_index]:
             return False
         gate = EVIDENCE.get(P.FINDING_TYPES[type_index])
         if gate is None or self.pixels is None:
@@ -198,7 +218,7 @@ class CellMap:
 
     def region(self, type_index: int) -> tuple[int, int]:
         """(top-left, bottom-right) cells of the box around the cells that show ``type_index``."""
-        return grounded_region(self.probs[:, type_index], self.diagnosis.spread)
+        return grounded_region(self.probs[:, type_index], self.spread)
 
     def restrict(self, grammar: P.Grammar, allowed: tuple[int, ...]) -> tuple[int, ...]:
         """The tokens the grammar allows, narrowed to findings this map grounds."""

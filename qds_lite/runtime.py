@@ -59,7 +59,7 @@ class Reasoner:
         look = list(look)
         session = self.backend.start()
         glance = self.backend.encode(image.glance)
-        cells = self.diagnosis.start(glance, image.sample) if self.diagnosis else None
+        cells = self.diagnosis.start(glance, image.sample, glance_alone=max_zooms == 0) if self.diagnosis else None
         first = [self.tok_embd[[P.BOS]], self.visual_tokens(glance, P.GLANCE_SLOT0)]
         grammar.begin()
         logits = session.step(np.concatenate(first + [self.tok_embd[self._append_forced(grammar, traj, cells, look)]]))

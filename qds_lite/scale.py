@@ -50,9 +50,13 @@ class ScoreScale:
                 raise ModelError(f"calibration {name} points must rise strictly from 0 to 100: {list(xs)}")
 
     @classmethod
-    def of_config(cls, config: Mapping) -> ScoreScale:
-        """The model's score settings and calibration; no penalty and the identity where its manifest has none."""
+    def of_config(cls, config: Mapping, glance_alone: bool = False) -> ScoreScale:
+        """The model's score settings and calibration; no penalty and the identity where its manifest has none.
+        ``glance_alone``: for a zoom budget of 0, the calibration fitted on the glance alone
+        (``config["glance"]``) where the manifest has one: that critic's raw scale is another."""
         entry, settings = config.get("calibration"), config.get("score", {})
+        if glance_alone and "calibration" in config.get("glance", {}):
+            entry = config["glance"]["calibration"]
         try:
             points = ((0.0, 100.0), (0.0, 100.0)) if entry is None else \
                 (tuple(float(v) for v in entry["raw"]), tuple(float(v) for v in entry["score"]))

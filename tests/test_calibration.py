@@ -89,5 +89,15 @@ def test_a_critic_without_score_settings_is_calibrated_with_the_chosen_damage_se
     calibrate.main(["--model-dir", str(folder), "--records", str(path)])
     config = json.loads((folder / "manifest.json").read_text())["config"]
     assert config["score"] == {"damage_share": calibrate.DAMAGE_SHARE, "damage_cells": calibrate.DAMAGE_CELLS}
+    with pytest.raises(SystemExit, match="--zooms 0"):  # the glance alone is fitted on a --zooms 0 run only
+        calibrate.main(["--model-dir", str(folder), "--records", str(path), "--glance"])
+    path.write_text(json.dumps(run | {"settings": {"split": "dev", "zooms": 0}}))
+    with pytest.raises(SystemExit, match="pass --glance"):
+        calibrate.main(["--model-dir", str(folder), "--records", str(path)])
+    calibrate.main(["--model-dir", str(folder), "--records", str(path), "--glance"])
+    written = json.loads((folder / "manifest.json").read_text())["config"]
+    assert written["score"] == config["score"] and written["calibration"] == config["calibration"]
+    assert written["glance"]["calibration"]["fitted"]["command"] == "python -m export.calibrate --glance"
+    path.write_text(json.dumps(run))
     calibrate.main(["--model-dir", str(folder), "--records", str(path), "--damage-share", "0"])
     assert "score" not in json.loads((folder / "manifest.json").read_text())["config"]

@@ -25,6 +25,7 @@ def cell_map(cells: dict[int, tuple[int, float]], support: float = 0.3, spread: 
     ``image`` (HxWx3 uint8) is what its pixel evidence reads."""
     m = CellMap.__new__(CellMap)
     m.diagnosis = Diagnosis({}, support, spread)
+    m.glance_alone = False
     m.pixels = None if image is None else load_image(image).sample
     m._borne_out = {}
     m.probs = np.zeros((P.N_CELLS, CLEAN + 1))
@@ -261,6 +262,23 @@ def test_choosing_on_a_dev_run_writes_the_thresholds_into_the_manifest(tmp_path)
     assert noisy.region(NOISE) == (5, 6)  # the box the spread grows covers the noisy region exactly
     critic = Critic.load(root, backend="onnx")  # files untouched: it still verifies, and reads the new thresholds
     assert critic._reasoner.diagnosis.support[NOISE] == entry["support"][NOISE]
+
+
+def test_the_glance_alone_is_grounded_with_its_own_thresholds(tmp_path):
+    from qds_lite.model_store import BUNDLED_DIR, DEFAULT_MODEL
+
+    critic = Critic.load(backend="onnx")
+    d = critic._reasoner.diagnosis
+    glance = json.loads((BUNDLED_DIR / DEFAULT_MODEL / "manifest.json").read_text())["config"]["glance"]
+    assert list(d.glance_support) == glance["support"] and d.glance_spread == glance["spread"]
+    assert list(d.glance_support) != list(d.support)
+    features = np.zeros((P.N_CELLS, critic.files.config["feat_dim"]), np.float32)
+    assert list(d.start(features, glance_alone=True).support) == glance["support"]
+    assert d.start(features).support is d.support and d.start(features).spread == d.spread
+    m = cell_map({5: (NOISE, 0.9), 6: (NOISE, 0.4)}, support=0.5, spread=0.5)
+    m.diagnosis.glance_support, m.diagnosis.glance_spread = np.full(len(P.FINDING_TYPES), 0.95), 0.4
+    m.glance_alone = True  # the same map read as the glance alone's: noise 0.9 is not enough there
+    assert not m.supported(NOISE) and m.region(NOISE) == (5, 6)
 
 
 def test_the_accuracy_benchmark_records_the_maps_thresholds_are_chosen_from():

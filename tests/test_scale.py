@@ -241,3 +241,21 @@ def test_calibrate_cv_writes_nothing(tmp_path, capsys):
                                           (62.5, "good"), (87.5, "excellent"), (104.0, "excellent")])
 def test_level_words_follow_the_documented_bands(score, level):
     assert P.level_of(score) == level  # a boundary goes up, as the README's bands say
+
+
+def test_the_glance_alone_has_its_own_calibration_where_the_manifest_gives_one():
+    config = {"calibration": {"raw": [0.0, 40.0, 100.0], "score": [0.0, 60.0, 100.0]},
+              "score": {"damage_share": 0.5, "damage_cells": 4}}
+    assert ScoreScale.of_config(config, glance_alone=True) == ScoreScale.of_config(config)  # none: the critic's
+    config["glance"] = {"calibration": {"raw": [0.0, 30.0, 100.0], "score": [0.0, 60.0, 100.0]}}
+    glance = ScoreScale.of_config(config, glance_alone=True)
+    assert glance(30.0) == pytest.approx(60.0) and ScoreScale.of_config(config)(30.0) == pytest.approx(45.0)
+    assert (glance.damage_share, glance.damage_cells) == (0.5, 4)  # the damage settings stay the critic's
+
+
+def test_the_bundled_critic_scores_the_glance_alone_on_its_own_scale():
+    critic = Critic.load()
+    r = critic.score(DATA / "coffee_dark.jpg", zooms=0)
+    assert critic.glance_scale != critic.scale
+    assert r.score == pytest.approx(critic.glance_scale.score_of(r.level_probs, r.damage_map))
+    assert r.score != pytest.approx(critic.scale.score_of(r.level_probs, r.damage_map))
