@@ -18,7 +18,12 @@ clean cells damaged: they learn the look of the 193 training photos' clean cells
 input, 0.5 on the hidden layer, 8 and 10 epochs) kept it rising (glance 0.586 -> 0.612, zoom 0.661 ->
 0.685) but the critic then named the damage first less often (dev top-1 0.507 -> 0.480, README "Findings"),
 so it is not used; more variants of the same photos, weight decay, input noise and label smoothing did not
-move the figure.
+move the figure. Nor does the figure choose between heads: retrained with seed 1 on the same cache, both
+heads read the dev cells better (glance 0.573 against 0.569, zoom 0.664 against 0.634), yet the critic
+built with them named and boxed the damage worse (dev type top-1 0.598 against 0.615, boxes IoU >= 0.5
+0.686 against 0.728, clean photos with a finding 0.269 against 0.231; the rebuild of 2026-12-05, scratch
+`build/scratch/seed_heads.py`); averaging three seeds' probabilities (glance 0.586, zoom 0.671) or the
+weights of three data orders from one initialisation (no gain) were measured on the cells only.
 
 Thresholds (shared chooser, two sources of maps):
 
