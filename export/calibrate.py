@@ -159,10 +159,7 @@ def write(model_dir: Path, scale: ScoreScale, run: dict, glance: bool = False) -
                    "photos": run["n_images"]["photos"],
                    "images": sum(1 for r in run["records"] if r["set"] == "global" and r["severity"])},
     }
-    if glance:
-        doc["config"].setdefault("glance", {})["calibration"] = entry
-    else:
-        doc["config"]["calibration"] = entry
+    (doc["config"].setdefault("glance", {}) if glance else doc["config"])["calibration"] = entry
     manifest.write_json(path, doc)
 
 

@@ -334,12 +334,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     chosen = choose_thresholds(Evidence.of_records(run["records"], METHOD))
     path = a.model_dir / "manifest.json"
     doc = json.loads(path.read_text())
-    if a.glance:
-        doc["config"].setdefault("glance", {}).update(support=chosen["support"], spread=chosen["spread"],
-                                                      chosen_on=run["command"])
-    else:
-        doc["config"]["diagnosis"].update(support=chosen["support"], spread=chosen["spread"],
-                                          chosen_on=run["command"])
+    entry = doc["config"].setdefault("glance", {}) if a.glance else doc["config"]["diagnosis"]
+    entry.update(support=chosen["support"], spread=chosen["spread"], chosen_on=run["command"])
     manifest.write_json(path, doc)
 
 

@@ -262,6 +262,13 @@ def test_choosing_on_a_dev_run_writes_the_thresholds_into_the_manifest(tmp_path)
     assert noisy.region(NOISE) == (5, 6)  # the box the spread grows covers the noisy region exactly
     critic = Critic.load(root, backend="onnx")  # files untouched: it still verifies, and reads the new thresholds
     assert critic._reasoner.diagnosis.support[NOISE] == entry["support"][NOISE]
+    glance_run = _dev_run(root)
+    glance_run["settings"]["zooms"] = 0  # a --zooms 0 run: the glance alone's thresholds, the critic's untouched
+    (tmp_path / "glance.json").write_text(json.dumps(glance_run))
+    diagnosis.main(["--model-dir", str(root), "--records", str(tmp_path / "glance.json"), "--glance"])
+    config = json.loads((root / "manifest.json").read_text())["config"]
+    assert config["diagnosis"] == entry and config["glance"]["support"] == entry["support"]
+    assert config["glance"]["spread"] == entry["spread"]
 
 
 def test_the_glance_alone_is_grounded_with_its_own_thresholds(tmp_path):
