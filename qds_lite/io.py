@@ -140,9 +140,8 @@ def _load(source: Source, max_pixels: int | None, glance_only: bool = False) -> 
     turned = _orientation(img) >= 5  # EXIF orientations 5-8 swap width and height (read before orienting)
     img = _to_srgb(img, name, owned=True)
     glance, reduced = _glance_and_reduced(img)
-    native = stored == (img.size[::-1] if turned else img.size)
-    size = img.size if native else (stored[::-1] if turned else stored)
-    return LoadedImage(name, img, size, glance, reduced, native=native)
+    size = tuple(stored[::-1]) if turned else tuple(stored)  # the photo's own size, oriented
+    return LoadedImage(name, img, size, glance, reduced, native=img.size == size)
 
 
 def glance_view(pixels: np.ndarray) -> np.ndarray:
