@@ -1,7 +1,7 @@
 """Refine benchmark: does `qds refine` bring degraded photos back towards their pristine originals?
 
     python -m benchmarks.refine [--photos N] [--split test] [--kinds k1,k2|none] [--max-steps 4] [--seed 0]
-                                [--model NAME|DIR] [--margin M] [--no-gate | --gate FILE] [--pairs N]
+                                [--model NAME|DIR] [--margin M] [--no-gate | --gate FILE] [--cautious] [--pairs N]
                                 [--clean-views mirrored,cropped,larger|none] [--out build/bench]
 
 Built on the fly from held-out photos (``export.data.pristine_photos("test")``; ``--split dev`` for tuning),
@@ -183,7 +183,7 @@ def degraded_items(photos: Sequence[Path], root: Path, kinds: Sequence[str], see
 
 def run_items(photos: Sequence[Path], root: Path, kinds: Sequence[str], seed: int, max_steps: int,
               model: str | None, margin: float, pairs: int = 0, gate: bool | EditGate = True,
-              clean_views: Sequence[str] = ()) -> list[dict]:
+              clean_views: Sequence[str] = (), cautious: bool = False) -> list[dict]:
     from qds_lite import load
     from qds_lite.refine import refine
 
@@ -200,7 +200,7 @@ def run_items(photos: Sequence[Path], root: Path, kinds: Sequence[str], seed: in
     records = []
     for base, it, img in degraded_items(photos, root, kinds, seed, pairs, "refine", clean_views):
         t = time.perf_counter()
-        r = refine(critic, img, max_steps=max_steps, margin=margin, gate=gate)
+        r = refine(critic, img, max_steps=max_steps, margin=margin, gate=gate, cautious=cautious)
         seconds = time.perf_counter() - t
         refined = np.asarray(r.image)
         generic = generic_enhance(img)
@@ -310,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="keep the best-scoring edit without the edit gate (qds_lite.refine_gate): the ablation")
     p.add_argument("--gate", type=Path, default=None,
                    help="an edit gate's JSON (export.refine_gate fit --out FILE), not the shipped one; for tuning")
+    p.add_argument("--cautious", action="store_true",
+                   help="refine with cautious=True: local edits only where the reframed photo shows the fault too")
     p.add_argument("--pairs", type=int, default=0,
                    help="also N images per photo with two faults of different kinds (reported apart from the bars)")
     p.add_argument("--clean-views", type=names_arg(CLEAN_VIEWS), default=list(CLEAN_VIEWS),
@@ -331,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     margin = SCORE_MARGIN if args.margin is None else args.margin
     gate = False if args.no_gate else EditGate.load(args.gate) if args.gate else True
     records = run_items(photos, root, kinds, args.seed, args.max_steps, args.model, margin, args.pairs, gate=gate,
-                        clean_views=views)
+                        clean_views=views, cautious=args.cautious)
     summary = summarise(records, kinds)
     minutes = (_dt.datetime.now(_dt.timezone.utc) - started).total_seconds() / 60
     command = "python -m benchmarks.refine" + (" " + shlex.join(argv) if argv else "")
@@ -373,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
            "photos": [p.relative_to(root).as_posix() for p in photos], "kinds": kinds,
            "settings": {"severity_range": SEVERITY_RANGE, "max_steps": args.max_steps, "seed": args.seed,
                         "margin": margin, "gate": False if args.no_gate else str(args.gate or "shipped"),
-                        "clean_views": views,
+                        "clean_views": views, "cautious": args.cautious,
                         "long_side": 768,
                         "improved_if_dssim_over": IMPROVED},
            "summary": summary, "records": records}

@@ -150,10 +150,13 @@ def explain(photo: str, out: Path, as_html: bool, width: int, backend: str, mode
 @click.option("--max-steps", type=click.IntRange(1, 16), default=4, show_default=True)
 @click.option("--no-gate", is_flag=True,
               help="Keep the best-scoring edit without asking the edit gate: bolder, and wrong more often.")
+@click.option("--cautious", is_flag=True,
+              help="Keep a local edit only where the critic finds its fault again in the photo reframed a little: "
+                   "fewer edits that harm a photo, fewer that help.")
 @click.option("--json", "as_json", is_flag=True, help="The step log and both traces as one JSON object.")
 @_model_options
-def refine(photo: str, out: Path, max_steps: int, no_gate: bool, as_json: bool, backend: str, model: str | None,
-           zooms: int) -> None:
+def refine(photo: str, out: Path, max_steps: int, no_gate: bool, cautious: bool, as_json: bool, backend: str,
+           model: str | None, zooms: int) -> None:
     """Improve PHOTO where the critic finds fault; keep an edit only if the score rises, the edit gate judges it
     likely to bring the photo closer to what it should be, and NIQE holds."""
     from .atomic import refuse_input_overwrite
@@ -166,7 +169,7 @@ def refine(photo: str, out: Path, max_steps: int, no_gate: bool, as_json: bool, 
     except QdsError as e:
         _fail(e)
     try:
-        r = refine_photo(critic, photo, max_steps=max_steps, gate=not no_gate)
+        r = refine_photo(critic, photo, max_steps=max_steps, gate=not no_gate, cautious=cautious)
     except ImageLoadError as e:
         click.echo(f"qds: {_input_error(photo, e)}", err=True)
         sys.exit(1)

@@ -17,7 +17,10 @@ A local finding is fixed inside its box only, blended in with a feathered mask; 
 image is fixed globally, and so is a tonal or colour finding whose fault the rest of the photo shows too.
 A local edit is judged by the critic looking at it: the photo before and each candidate are scored with the
 critic's zooms sent to the region first (:func:`look_cells`), since left to itself the critic often looks
-elsewhere and its score then barely moves whatever the edit did there.
+elsewhere and its score then barely moves whatever the edit did there. With ``cautious``, a local edit is kept
+only where the critic finds the same fault over most of its box again in the photo reframed a little
+(:func:`seen_reframed`): many of its false local findings come from how a scene falls on its grid, and so do
+some true ones it would then leave (README, "Refine", *A second look*).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ MIN_BLOCKINESS = 1.1  # JPEG 8x8 block-edge contrast ratio before deblocking (1.
 # Share of a photo's tonal range a fault of severity 1 takes away (export.synth's low_contrast and haze)
 CONTRAST_LOSS = {"low_contrast": 0.85, "haze": 0.75}
 STRENGTHS = (1.0, 0.6, 0.35)  # denoising and white balance: fractions of the strength the pixels measure
+REFRAME = 0.05  # share of each side the second look at a local finding leaves out (a fifth of a grid cell)
 GUARD_LONG_SIDE = 1024  # NIQE is measured on a view this large at most (it is a relative check)
 OUTPUT_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
 
@@ -228,13 +232,14 @@ OPERATIONS: dict[str, Callable[[Finding, np.ndarray], list[Candidate]]] = {
 
 # --- the loop --------------------------------------------------------------------------------------
 def refine(critic: Critic, source: Source | LoadedImage, *, max_steps: int = 4, margin: float = SCORE_MARGIN,
-           niqe_slack: float = NIQE_SLACK, gate: EditGate | bool = True) -> Refinement:
+           niqe_slack: float = NIQE_SLACK, gate: EditGate | bool = True, cautious: bool = False) -> Refinement:
     """Improve ``source`` step by step where the critic finds fault; see the module docstring.
 
     ``max_steps`` bounds the kept edits; ``margin`` is the score gain a step must bring (0-100 scale);
     ``niqe_slack`` how much NIQE may rise; ``gate`` judges which edit to keep (True: the shipped
-    :mod:`~qds_lite.refine_gate`, False: none, the best-scoring edit). Needs OpenCV (the ``refine`` extra) once
-    there is something to fix.
+    :mod:`~qds_lite.refine_gate`, False: none, the best-scoring edit); ``cautious`` keeps a local edit only
+    where the critic finds its fault again in the photo reframed (:func:`seen_reframed`): fewer edits that
+    harm, fewer that help. Needs OpenCV (the ``refine`` extra) once there is something to fix.
     """
     if max_steps < 0:
         raise QdsError(f"max_steps must be 0 or more, not {max_steps}")
@@ -257,7 +262,7 @@ def refine(critic: Critic, source: Source | LoadedImage, *, max_steps: int = 4, 
                 nat = _naturalness(rgb)
             judge = default_gate() if gate is True else gate if isinstance(gate, EditGate) else None
             step, edited, res, nat_after = _try(critic, rgb, result, nat, finding, region, candidates, margin,
-                                                niqe_slack, judge)
+                                                niqe_slack, judge, cautious)
             steps.append(step)
             if step.kept:
                 rgb, result, nat, kept = edited, res, nat_after, kept + 1
@@ -406,10 +411,11 @@ def look_cells(result: Result, finding: Finding, region: Box | None, budget: int
 
 
 def _try(critic: Critic, rgb: np.ndarray, result: Result, nat: float, finding: Finding, region: Box | None,
-         candidates: list[Candidate], margin: float, slack: float, gate: EditGate | None
+         candidates: list[Candidate], margin: float, slack: float, gate: EditGate | None, cautious: bool = False
          ) -> tuple[Step, np.ndarray, Result, float]:
     """Apply every candidate edit; among those that raise the score by ``margin`` (and, with a gate, that it
-    passes), the first in order of the gate's P (without a gate: of score) that NIQE does not object to wins.
+    passes), the first in order of the gate's P (without a gate: of score) that NIQE does not object to wins;
+    ``cautious``: none of a local finding the photo reframed does not show (:func:`seen_reframed`).
     The result returned is the critic's own verdict of the image it leaves."""
     looked, base, tried = try_candidates(critic, rgb, result, finding, region, candidates)
     rising = [t for t in tried if t.result.score >= base.score + margin]
@@ -421,11 +427,15 @@ def _try(critic: Critic, rgb: np.ndarray, result: Result, nat: float, finding: F
     nat_top, reason = float("nan"), f"score {top.result.score - base.score:+.1f} < +{margin:g}"
     if gate is not None and ranked and p < gate.threshold:
         reason = f"score {top.result.score - base.score:+.1f}, P(better) {p:.2f} < {gate.threshold:g}"
-    for t, p_t in ranked:
-        if p_t is not None and p_t < gate.threshold:
-            break
+    passing = [(t, p_t) for t, p_t in ranked if p_t is None or p_t >= gate.threshold]
+    if cautious and passing and region is not None and not seen_reframed(critic, rgb, finding, region):
+        t, p_t = passing[0]
+        step = Step(finding.type, t.op, t.params, region, base.score, t.result.score, nat, float("nan"), False,
+                    f"{_gain(t, p_t, base)}, {finding.type} not found there in the photo reframed", p_t, looked)
+        return step, rgb, result, nat
+    for t, p_t in passing:
         nat_after = _naturalness(t.edited)
-        gain = f"score {t.result.score - base.score:+.1f}" + ("" if p_t is None else f", P(better) {p_t:.2f}")
+        gain = _gain(t, p_t, base)
         if not nat_after > nat + slack:  # NaN (no guard possible) passes
             step = Step(finding.type, t.op, t.params, region, base.score, t.result.score, nat, nat_after, True,
                         f"{gain}, NIQE {nat_after - nat:+.2f}", p_t, looked)
@@ -435,6 +445,30 @@ def _try(critic: Critic, rgb: np.ndarray, result: Result, nat: float, finding: F
     step = Step(finding.type, top.op, top.params, region, base.score, top.result.score, nat, nat_top, False,
                 reason, p, looked)
     return step, rgb, result, nat
+
+
+def _gain(t: Tried, p: float | None, base: Result) -> str:
+    return f"score {t.result.score - base.score:+.1f}" + ("" if p is None else f", P(better) {p:.2f}")
+
+
+def seen_reframed(critic: Critic, rgb: np.ndarray, finding: Finding, region: Box) -> bool:
+    """Whether the critic finds ``finding``'s fault over most of ``region`` again in the photo reframed, its
+    central part without :data:`REFRAME` of each side, looking at the region first (:func:`look_cells`).
+
+    The critic reads a photo through a fixed grid, and many of its false local findings are made by how a
+    scene falls on that grid: a dark lower part or a soft foreground read as damaged in one framing and not
+    in another a fifth of a cell away; a real fault of a part of the photo stays there, though the critic
+    does not always find it again either."""
+    h, w = rgb.shape[:2]
+    dy, dx = round(h * REFRAME), round(w * REFRAME)
+    view = np.ascontiguousarray(rgb[dy:h - dy, dx:w - dx])
+    x0, y0, x1, y1 = region
+    sx, sy = (w - 2 * dx) / w, (h - 2 * dy) / h
+    box = (max(0.0, (x0 - dx / w) / sx), max(0.0, (y0 - dy / h) / sy),
+           min(1.0, (x1 - dx / w) / sx), min(1.0, (y1 - dy / h) / sy))
+    free = critic.score(view)
+    seen = critic.score(view, look=look_cells(free, finding, box, critic.max_zooms))
+    return any(f.type == finding.type and overlap(f.box, box) >= 0.5 for f in seen.findings)
 
 
 def _pixels(box: Box, h: int, w: int, pad: int = 0) -> tuple[int, int, int, int]:

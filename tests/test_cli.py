@@ -214,6 +214,9 @@ def test_explain_compare_and_refine_commands(tmp_path):
     r = run("refine", dark, "-o", str(tmp_path / "bold.jpg"), "--json", "--no-gate")
     assert r.exit_code == 0 and all(s["p_better"] is None for s in json.loads(r.stdout)["steps"])
     assert run("refine", dark, "-o", dark).exit_code == 2
+    dusk = str(Path(SAMPLES[0]).parent / "rocket_clean.jpg")
+    r = run("refine", dusk, "-o", str(tmp_path / "dusk.jpg"), "--cautious")
+    assert r.exit_code == 0 and "not found there in the photo reframed" in r.stdout and " kept " not in r.stdout
     r = run("refine", str(tmp_path / "missing.jpg"), "-o", str(tmp_path / "o.jpg"))
     assert r.exit_code == 1
     assert f"{tmp_path / 'missing.jpg'}: file not found" in r.stderr  # the path as given, as score prints it

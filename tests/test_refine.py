@@ -77,6 +77,15 @@ def test_clean_photo_is_left_alone(critic, tmp_path):
         assert out.read_bytes() == src.read_bytes()
 
 
+def test_cautious_leaves_a_clean_dusk_sky_whose_underexposure_the_reframed_photo_does_not_show(critic):
+    """The critic reads the clean dusk photo's dark upper-left sky as underexposed, and lifting it raises the
+    score; the photo reframed by a twentieth of each side does not show the fault there, so it is left."""
+    r = refine(critic, DATA / "rocket_clean.jpg", cautious=True)
+    assert not r.changed
+    assert any(s.finding == "underexposure" and s.region is not None and "reframed" in s.reason
+               and s.score_after >= s.score_before + SCORE_MARGIN for s in r.steps)
+
+
 def test_max_steps_zero_changes_nothing(critic):
     r = refine(critic, DATA / "coffee_dark.jpg", max_steps=0)
     assert not r.steps and r.final.score == r.initial.score

@@ -224,6 +224,23 @@ class _BrightnessCritic:
         return _result(float(a.mean()))
 
 
+class _DarkCritic(_BrightnessCritic):
+    """Scores as :class:`_BrightnessCritic` and reports underexposure over the cells (of the whole photo, on
+    the 4 x 4 grid) darker than 80, as one box around them: it finds the fault wherever it is."""
+
+    def score(self, rgb: np.ndarray, look: tuple[int, ...] = ()) -> Result:
+        a = np.asarray(rgb, np.float64).mean(axis=2)
+        h, w = a.shape
+        dark = [(r, c) for r in range(4) for c in range(4)
+                if a[r * h // 4:(r + 1) * h // 4, c * w // 4:(c + 1) * w // 4].mean() < 80]
+        found = ()
+        if dark:
+            rows, cols = [r for r, _ in dark], [c for _, c in dark]
+            box = (min(cols) / 4, min(rows) / 4, (max(cols) + 1) / 4, (max(rows) + 1) / 4)
+            found = (_finding("underexposure", box),)
+        return dataclasses.replace(super().score(rgb, look), findings=found)
+
+
 def _gate_preferring_milder() -> EditGate:
     """P(better) 0.27 for a finding's strongest candidate, 0.82 for the middle ones, 0.98 for the mildest."""
     tree = _tree([0, -1, 0, -1, -1], [0.25, 0, 0.75, 0, 0], [1, 0, 3, 0, 0], [2, 0, 4, 0, 0], [0, -1, 0, 1.5, 4])
@@ -329,6 +346,37 @@ def test_a_local_edit_is_judged_by_the_critic_looking_at_it(monkeypatch):
     critic.looks.clear()
     step, *_ = R._try(critic, rgb, before, 0.0, finding, None, [("exposure", {"gain": 2.0})], 0.5, 0.3, None)
     assert step.looked == () and critic.looks == [()]  # a whole-image edit: the critic's own verdict, once
+
+
+def test_cautious_edits_a_local_fault_only_where_the_critic_finds_it_again_in_the_photo_reframed(monkeypatch):
+    """A dark corner is found again when the photo loses a twentieth of each side (the grid then falls a fifth
+    of a cell away); an underexposure reported over a quarter no darker than the rest is not, and is left."""
+    from qds_lite import refine as R
+
+    monkeypatch.setattr(R, "_naturalness", lambda img: 0.0)
+    lift = [("exposure", {"gain": 2.0})]
+    rgb = np.full((80, 80, 3), 120, np.uint8)
+    rgb[:20, :20] = 40  # one cell, dark: in the reframed photo it spans 16 of its 18 px cell
+    corner = _finding("underexposure", box=(0.0, 0.0, 0.25, 0.25))
+    assert R.seen_reframed(_DarkCritic(), rgb, corner, corner.box)
+    critic = _DarkCritic()
+    step, *_ = R._try(critic, rgb, _result(100.0, corner), 0.0, corner, corner.box, lift, 0.5, 0.3, None, True)
+    assert step.kept and critic.looks == [(0,), (0,), (), (0,), ()]  # the reframed photo freely, then looking
+    grey = np.full((80, 80, 3), 120, np.uint8)
+    false = _finding("underexposure", box=(0.5, 0.5, 1.0, 1.0))
+    assert not R.seen_reframed(_DarkCritic(), grey, false, false.box)
+    step, edited, after, _ = R._try(_DarkCritic(), grey, _result(120.0, false), 0.0, false, false.box, lift,
+                                    0.5, 0.3, None, True)
+    assert not step.kept and "reframed" in step.reason and step.score_after > step.score_before + 0.5
+    assert edited is grey and after.score == 120.0  # the photo and the verdict as they were
+    step, *_ = R._try(_DarkCritic(), grey, _result(120.0, false), 0.0, false, false.box, lift, 0.5, 0.3, None)
+    assert step.kept  # not cautious: the score rose, nothing else asked
+    rgb[:20, :20] = 120
+    rgb[60:, 60:] = 40  # a dark cell in the opposite corner: not where the corner's finding is, and a
+    assert not R.seen_reframed(_DarkCritic(), rgb, corner, corner.box)
+    assert not R.seen_reframed(_DarkCritic(), rgb, false, false.box)  # quarter of the quarter: not most of it
+    rgb[40:, 40:] = 40
+    assert R.seen_reframed(_DarkCritic(), rgb, false, false.box)
 
 
 def test_the_cells_to_look_at_are_the_regions_most_damaged_first():
