@@ -19,8 +19,9 @@ A local edit is judged by the critic looking at it: the photo before and each ca
 critic's zooms sent to the region first (:func:`look_cells`), since left to itself the critic often looks
 elsewhere and its score then barely moves whatever the edit did there. With ``cautious``, a local edit is kept
 only where the critic finds the same fault over most of its box again in the photo reframed a little
-(:func:`seen_reframed`): many of its false local findings come from how a scene falls on its grid, and so do
-some true ones it would then leave (README, "Refine", *A second look*).
+(:func:`seen_reframed`): many of its false local findings come from how a scene falls on its grid, though it
+misses some true ones reframed too, so fewer edits help as well as fewer harm (README, "Refine", *A second
+look, for the cautious*).
 """
 
 from __future__ import annotations
