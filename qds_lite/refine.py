@@ -425,9 +425,9 @@ def _try(critic: Critic, rgb: np.ndarray, result: Result, nat: float, finding: F
     else:
         ranked = sorted(((t, gate.probability(t.features)) for t in rising), key=lambda tp: tp[1], reverse=True)
     top, p = ranked[0] if ranked else (max(tried, key=lambda t: t.result.score), None)
-    nat_top, reason = float("nan"), f"score {top.result.score - base.score:+.1f} < +{margin:g}"
+    nat_top, reason = float("nan"), f"{_gain(top, None, base)} < +{margin:g}"
     if gate is not None and ranked and p < gate.threshold:
-        reason = f"score {top.result.score - base.score:+.1f}, P(better) {p:.2f} < {gate.threshold:g}"
+        reason = f"{_gain(top, p, base)} < {gate.threshold:g}"
     passing = [(t, p_t) for t, p_t in ranked if p_t is None or p_t >= gate.threshold]
     if cautious and passing and region is not None and not seen_reframed(critic, rgb, finding, region):
         t, p_t = passing[0]
@@ -449,6 +449,7 @@ def _try(critic: Critic, rgb: np.ndarray, result: Result, nat: float, finding: F
 
 
 def _gain(t: Tried, p: float | None, base: Result) -> str:
+    """What a step's log says of candidate ``t``: its score gain over ``base`` and, with a gate, its P."""
     return f"score {t.result.score - base.score:+.1f}" + ("" if p is None else f", P(better) {p:.2f}")
 
 

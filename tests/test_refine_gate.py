@@ -372,9 +372,9 @@ def test_cautious_edits_a_local_fault_only_where_the_critic_finds_it_again_in_th
     step, *_ = R._try(_DarkCritic(), grey, _result(120.0, false), 0.0, false, false.box, lift, 0.5, 0.3, None)
     assert step.kept  # not cautious: the score rose, nothing else asked
     rgb[:20, :20] = 120
-    rgb[60:, 60:] = 40  # a dark cell in the opposite corner: not where the corner's finding is, and a
+    rgb[60:, 60:] = 40  # a dark cell in the opposite corner: not where the corner's finding is,
     assert not R.seen_reframed(_DarkCritic(), rgb, corner, corner.box)
-    assert not R.seen_reframed(_DarkCritic(), rgb, false, false.box)  # quarter of the quarter: not most of it
+    assert not R.seen_reframed(_DarkCritic(), rgb, false, false.box)  # and a quarter of the quarter: not most of it
     rgb[40:, 40:] = 40
     assert R.seen_reframed(_DarkCritic(), rgb, false, false.box)
 
