@@ -17,7 +17,7 @@ from .io import LoadedImage, Source, load_image
 from .model_store import ModelFiles, load_weights, resolve
 from .result import Result, build_result
 from .runtime import Reasoner
-from .scale import ScoreScale
+from .scale import ScoreScale, glance_detail
 
 
 class Critic:
@@ -64,7 +64,7 @@ class Critic:
             traj = self._reasoner.run(loaded, budget, look)
         timings = {"decode": loaded.load_ms, "model": traj.model_ms}
         return build_result(loaded.name, traj, loaded.original_size, self.model, self.backend.name, timings,
-                            self.scale if budget else self.glance_scale)
+                            self.scale if budget else self.glance_scale, glance_detail(loaded.glance))
 
     def score_many(self, images: Iterable[Source], *, zooms: int | None = None) -> Iterator[Result | QdsError]:
         """Stream results in input order; a bad input yields its QdsError instead of stopping the stream.

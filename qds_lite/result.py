@@ -8,7 +8,7 @@ import numpy as np
 
 from . import protocol as P
 from .runtime import Trajectory
-from .scale import ScoreScale
+from .scale import ScoreScale, detail_cap
 
 SEVERITY_WORDS = ((0.2, "slight"), (0.4, "mild"), (0.6, "moderate"), (0.8, "strong"), (1.01, "severe"))
 TYPE_WORDS = {"blur": "blur", "motion_blur": "motion blur", "defocus": "defocus blur", "noise": "noise",
@@ -82,18 +82,23 @@ def _inside(cell_box: tuple[float, ...], box: tuple[float, ...]) -> bool:
     return box[0] <= cx <= box[2] and box[1] <= cy <= box[3]
 
 
-def rationale(findings: tuple[Finding, ...], level: str) -> str:
+def rationale(findings: tuple[Finding, ...], level: str, capped: bool = False) -> str:
     if not findings:
         return f"No visible defects found; overall {level}."
-    parts = [f.describe() for f in findings]
+    parts = [f.describe() for f in findings] + (["almost no detail anywhere"] if capped else [])
     text = "; ".join(parts)
     return f"{text[0].upper()}{text[1:]}; overall {level}."
 
 
 def build_result(name: str, traj: Trajectory, size: tuple[int, int], model: dict, backend: str,
-                 timings_ms: dict, scale: ScoreScale) -> Result:
+                 timings_ms: dict, scale: ScoreScale, detail: float | None = None) -> Result:
+    """The Result of a trajectory. ``detail``: the photo's :func:`~qds_lite.scale.glance_detail`; a photo with
+    almost none that the critic finds a fault in is scored no higher than :func:`~qds_lite.scale.detail_cap`."""
     probs = tuple(float(p) for p in traj.level_probs)
     score = scale.score_of(probs, traj.cell_probs)
+    cap = 100.0 if detail is None or not traj.findings else detail_cap(detail)
+    capped = score > cap
+    score = min(score, cap)
     level = P.level_of(score)
     zoom_boxes = [P.cell_box(cell) for cell, _ in traj.zooms]
     findings = []
@@ -108,7 +113,7 @@ def build_result(name: str, traj: Trajectory, size: tuple[int, int], model: dict
                           "window": [x0, y0, x1, y1]})
     found = tuple(findings)
     return Result(file=name, score=score, level=level, level_probs=probs, findings=found, steps=tuple(steps),
-                  rationale=rationale(found, level), model=model, backend=backend, timings_ms=timings_ms,
+                  rationale=rationale(found, level, capped), model=model, backend=backend, timings_ms=timings_ms,
                   damage_map=_damage_map(traj.cell_probs), damage_penalty=scale.penalty(probs, traj.cell_probs))
 
 

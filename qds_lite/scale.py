@@ -14,6 +14,15 @@ anchors). Its manifest therefore carries ``config["calibration"]``: a monotone p
 through anchor points fitted on the dev split (``export/calibrate.py``): the median raw score of dev images
 with one whole-image defect of severity s maps to 100 * (1 - s), the score training aims at. A monotone map
 keeps every ranking; critics without the entries (large VLM critics) keep their raw score.
+
+A photo that holds almost no detail anywhere (:func:`glance_detail` under :data:`FLAT_DETAIL`) and in which the
+critic finds a fault is scored no higher than :func:`detail_cap`. The critic trained on blur up to Gaussian
+sigma 3.5 px; blurred much further a photo turns into smooth colour fields, which it then read as less
+damaged than one blurred half as much (other degradation code, README *Other degradation code*). Training on
+blur that far made it wary of smooth clean scenes instead (README *Blur past severity 1*); the cap sits where
+no training photo comes near (every one holds 4x the detail and more), so it leaves photos within the
+trained range alone, and it needs a finding, so a clean featureless photo the critic sees nothing wrong
+with (a clear sky) keeps its score.
 """
 
 from __future__ import annotations
@@ -26,6 +35,29 @@ import numpy as np
 
 from . import protocol as P
 from .errors import ModelError
+
+# log of the glance's mean |Laplacian| (luma, 8-bit levels) under which a photo holds almost no detail: 1 level.
+# The 193 training photos measure 1.42 and more at 768 px (1.36 at their own size; median 3.0), our own
+# degradations within the trained range 0.26 and more (Gaussian blur of severity 1 on the dev photos); the
+# other code's Gaussian blur of sigma 15 and 33 px at most -0.01 (README, *Blur past severity 1*).
+FLAT_DETAIL = 0.0
+CAP_AT_FLAT = 5.0  # the highest score at FLAT_DETAIL (what the critic gives blur of severity 1), ...
+CAP_SLOPE = 5.0  # ... and this many points less per unit of log detail below it
+
+
+def glance_detail(glance: np.ndarray) -> float:
+    """How much detail a whole photo holds: log mean |Laplacian| of its glance's luma (GLANCE_SIZE px square,
+    uint8), in 8-bit levels."""
+    y = glance.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])
+    lap = 4.0 * y[1:-1, 1:-1] - y[:-2, 1:-1] - y[2:, 1:-1] - y[1:-1, :-2] - y[1:-1, 2:]
+    return math.log(float(np.abs(lap).mean()) + 1e-3)
+
+
+def detail_cap(detail: float) -> float:
+    """The highest score a photo with ``detail`` (:func:`glance_detail`) may get once the critic finds a fault
+    in it: no limit (100) at FLAT_DETAIL and above, CAP_AT_FLAT just below, falling by CAP_SLOPE per unit, so
+    that less detail still means a lower score."""
+    return 100.0 if detail >= FLAT_DETAIL else max(0.0, CAP_AT_FLAT + CAP_SLOPE * (detail - FLAT_DETAIL))
 
 
 @dataclass(frozen=True)

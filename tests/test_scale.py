@@ -3,6 +3,7 @@ critic's scores go through it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -13,8 +14,10 @@ from export import calibrate
 from qds_lite import Critic
 from qds_lite import protocol as P
 from qds_lite.errors import ModelError
+from qds_lite.io import load_image
 from qds_lite.model_store import BUNDLED_DIR, DEFAULT_MODEL
-from qds_lite.scale import ScoreScale
+from qds_lite.runtime import Reasoner
+from qds_lite.scale import CAP_AT_FLAT, FLAT_DETAIL, ScoreScale, detail_cap, glance_detail
 
 from .conftest import DATA
 
@@ -259,3 +262,57 @@ def test_the_bundled_critic_scores_the_glance_alone_on_its_own_scale():
     assert critic.glance_scale != critic.scale
     assert r.score == pytest.approx(critic.glance_scale.score_of(r.level_probs, r.damage_map))
     assert r.score != pytest.approx(critic.scale.score_of(r.level_probs, r.damage_map))
+
+
+def test_glance_detail_reads_how_much_detail_a_photo_holds():
+    rng = np.random.default_rng(0)
+    grey = np.full((P.GLANCE_SIZE, P.GLANCE_SIZE, 3), 128, np.uint8)
+    textured = rng.integers(0, 256, grey.shape, dtype=np.uint8)
+    ramp = np.broadcast_to(np.linspace(0, 255, P.GLANCE_SIZE, dtype=np.float32)[None, :, None], grey.shape)
+    assert glance_detail(grey) == pytest.approx(np.log(1e-3))  # no detail at all
+    assert glance_detail(ramp.round().astype(np.uint8)) < FLAT_DETAIL < glance_detail(textured)  # a smooth gradient
+
+
+def test_the_detail_cap_leaves_detailed_photos_alone_and_falls_with_the_detail():
+    assert detail_cap(FLAT_DETAIL) == detail_cap(3.0) == 100.0
+    below = [detail_cap(d) for d in (-0.01, -0.3, -1.0, -5.0)]
+    assert below[0] == pytest.approx(CAP_AT_FLAT, abs=0.1) and below[-1] == 0.0
+    assert all(a > b for a, b in zip(below, below[1:-1])) and below[-2] >= below[-1]
+
+
+_reason = Reasoner.run
+
+
+def _blurred(radius: float) -> np.ndarray:
+    from PIL import Image, ImageFilter
+
+    with Image.open(DATA / "rocket_clean.jpg") as im:
+        return np.asarray(im.convert("RGB").filter(ImageFilter.GaussianBlur(radius)))
+
+
+def test_a_photo_blurred_into_colour_fields_scores_no_higher_than_the_cap():
+    """Blur far past the trained range (Gaussian sigma 3.5 px) used to score higher than blur half as strong;
+    the cap keeps scores falling as the blur grows (README, *Other degradation code*)."""
+    critic = Critic.load(backend="onnx")
+    results = [critic.score(_blurred(r)) for r in (2, 15, 33)]
+    details = [glance_detail(load_image(_blurred(r)).glance) for r in (2, 15, 33)]
+    assert details[0] > FLAT_DETAIL > details[1] > details[2]
+    assert "almost no detail anywhere" not in results[0].rationale
+    for r, d in zip(results[1:], details[1:]):
+        assert r.findings and r.score <= detail_cap(d) <= CAP_AT_FLAT and r.level == "bad"
+        assert "almost no detail anywhere" in r.rationale
+    assert results[0].score > results[1].score > results[2].score
+
+
+def test_the_cap_needs_a_finding_and_leaves_ordinary_photos_alone(monkeypatch):
+    critic = Critic.load(backend="onnx")
+    clean = critic.score(DATA / "coffee_clean.jpg")
+    assert glance_detail(load_image(DATA / "coffee_clean.jpg").glance) > FLAT_DETAIL
+    assert clean.score == pytest.approx(critic.scale.score_of(clean.level_probs, clean.damage_map))
+    blurred = _blurred(33)
+    capped = critic.score(blurred)
+    monkeypatch.setattr(Reasoner, "run", lambda self, *a, **k: dataclasses.replace(_reason(self, *a, **k), findings=[]))
+    seen_nothing = critic.score(blurred)  # the same verdict, no finding: a featureless photo the critic finds fine
+    assert not seen_nothing.findings and "almost no detail" not in seen_nothing.rationale
+    assert seen_nothing.score == pytest.approx(critic.scale.score_of(capped.level_probs, capped.damage_map))
+    assert seen_nothing.score > capped.score
