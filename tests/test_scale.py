@@ -294,8 +294,9 @@ def test_a_photo_blurred_into_colour_fields_scores_no_higher_than_the_cap():
     """Blur far past the trained range (Gaussian sigma 3.5 px) used to score higher than blur half as strong;
     the cap keeps scores falling as the blur grows (README, *Other degradation code*)."""
     critic = Critic.load(backend="onnx")
-    results = [critic.score(_blurred(r)) for r in (2, 15, 33)]
-    details = [glance_detail(load_image(_blurred(r)).glance) for r in (2, 15, 33)]
+    photos = [_blurred(r) for r in (2, 15, 33)]
+    results = [critic.score(p) for p in photos]
+    details = [glance_detail(load_image(p).glance) for p in photos]
     assert details[0] > FLAT_DETAIL > details[1] > details[2]
     assert "almost no detail anywhere" not in results[0].rationale
     for r, d in zip(results[1:], details[1:]):
