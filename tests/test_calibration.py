@@ -101,3 +101,16 @@ def test_a_critic_without_score_settings_is_calibrated_with_the_chosen_damage_se
     path.write_text(json.dumps(run))
     calibrate.main(["--model-dir", str(folder), "--records", str(path), "--damage-share", "0"])
     assert "score" not in json.loads((folder / "manifest.json").read_text())["config"]
+
+
+@pytest.mark.xfail(strict=True, reason="known limitation: no training sample is black and white (README)")
+def test_black_and_white_keeps_the_score_and_the_findings(critic, clean_images):
+    """A black-and-white conversion of a clean photo is no worse a photo. The shipped critic has never seen
+    one and marks both held-out photos down (coffee 95 -> 85, the dusk photo 81 -> 38, with findings the colour
+    photos do not get); strict, so that the test fails once that is fixed and the README must say so."""
+    for name, rgb in clean_images.items():
+        grey = np.asarray(Image.fromarray(rgb).convert("L").convert("RGB"))
+        colour, bw = critic.score(rgb), critic.score(grey)
+        new = {f.type for f in bw.findings} - {f.type for f in colour.findings}
+        assert bw.score >= colour.score - 10 and not new, (
+            f"{name}: colour {colour.score:.1f}, black and white {bw.score:.1f}, new findings {sorted(new)}")
