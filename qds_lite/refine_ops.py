@@ -25,6 +25,7 @@ REFINE_EXTRA_HINT = "pip install 'qds-lite[refine]'"
 # Package data: the NIQE authors' pristine model (the Apache-2.0 copy described in qds_lite/data/README.md).
 NIQE_MODEL_PATH = Path(__file__).resolve().parent / "data" / "niqe_pris_params.npz"
 _LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)  # Rec.709 luminance of linear sRGB
+_LUMA_601 = np.array([0.299, 0.587, 0.114], np.float32)  # BT.601 luma of encoded values (Pillow's "L")
 
 
 def cv2() -> ModuleType:
@@ -55,6 +56,11 @@ def to_srgb(lin: np.ndarray) -> np.ndarray:
 
 def luminance(lin: np.ndarray) -> np.ndarray:
     return lin @ _LUMA
+
+
+def luma_601(rgb: np.ndarray) -> np.ndarray:
+    """BT.601 luma of encoded sRGB values (what Pillow's "L" mode holds), float32, on the same scale."""
+    return rgb.astype(np.float32, copy=False) @ _LUMA_601
 
 
 def _u8(x: np.ndarray) -> np.ndarray:
@@ -94,7 +100,7 @@ def blockiness(rgb: np.ndarray) -> float:
     """How much the grey steps at the strongest of the 8 column (and row) phases exceed the mean step at the
     other seven: ~1 for an image without JPEG blocks, wherever its block grid starts (a photo cropped after
     compression, or a region whose edge is not on the grid, puts the block edges off the 8 px grid)."""
-    grey = rgb.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])
+    grey = luma_601(rgb)
     ratios = []
     for d in (np.abs(np.diff(grey, axis=1)), np.abs(np.diff(grey, axis=0)).T):
         n = d.shape[1] // 8 * 8
@@ -157,7 +163,7 @@ def unsharp(rgb: np.ndarray, sigma: float, amount: float) -> np.ndarray:
     """Unsharp mask on luma only (no colour fringes): out = x + amount * (Y - blur(Y))."""
     cv = cv2()
     x = rgb.astype(np.float32)
-    y = x @ np.float32([0.299, 0.587, 0.114])
+    y = luma_601(x)
     detail = y - cv.GaussianBlur(y, (0, 0), sigma)
     return _u8(x + amount * detail[..., None])
 
@@ -270,7 +276,7 @@ def deband(rgb: np.ndarray, sigma: float, flat: float = 2.0) -> np.ndarray:
     dither so that new steps do not appear."""
     cv = cv2()
     x = rgb.astype(np.float32)
-    grey = x @ np.float32([0.299, 0.587, 0.114])
+    grey = luma_601(x)
     mean = cv.blur(grey, (9, 9))
     std = np.sqrt(np.maximum(cv.blur(grey * grey, (9, 9)) - mean * mean, 0.0))
     weight = np.clip(2.0 - std / flat, 0.0, 1.0)[..., None]  # 1 below flat, 0 above 2*flat

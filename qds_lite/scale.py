@@ -35,6 +35,7 @@ import numpy as np
 
 from . import protocol as P
 from .errors import ModelError
+from .refine_ops import luma_601
 
 # log of the glance's mean |Laplacian| (luma, 8-bit levels) under which a photo holds almost no detail: 1 level.
 # The 193 training photos measure 1.42 and more at 768 px (1.36 at their own size; median 3.0), our own
@@ -48,7 +49,7 @@ CAP_SLOPE = 5.0  # ... and this many points less per unit of log detail below it
 def glance_detail(glance: np.ndarray) -> float:
     """How much detail a whole photo holds: log mean |Laplacian| of its glance's luma (GLANCE_SIZE px square,
     uint8), in 8-bit levels."""
-    y = glance.astype(np.float32) @ np.float32([0.299, 0.587, 0.114])
+    y = luma_601(glance)
     lap = 4.0 * y[1:-1, 1:-1] - y[:-2, 1:-1] - y[2:, 1:-1] - y[1:-1, :-2] - y[1:-1, 2:]
     return math.log(float(np.abs(lap).mean()) + 1e-3)
 
